@@ -1,0 +1,315 @@
+//! `churn_fn`: the ops through which an isolate's request loop (js/10_function.js)
+//! takes requests from the host and hands back responses, logs and errors.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use deno_core::{op2, OpState, ToJsBuffer};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::invocation::{Completion, Job, LogLine, ResponseHead, ScriptError};
+
+deno_core::extension!(
+    churn_fn,
+    deps = [deno_webidl, deno_web, deno_crypto, deno_fetch],
+    ops = [
+        op_fn_next_request,
+        op_fn_config,
+        op_fn_respond,
+        op_fn_stream_write,
+        op_fn_stream_end,
+        op_fn_log,
+        op_fn_done,
+    ],
+    esm_entry_point = "ext:churn_fn/99_bootstrap.js",
+    esm = [dir "js", "00_globals.js", "10_function.js", "99_bootstrap.js"],
+);
+
+/// How many body chunks may wait between the isolate and a slow client.
+const STREAM_BUFFER: usize = 16;
+
+/// Per-isolate state behind the `churn_fn` ops, kept in the `OpState`.
+pub struct FnInbox {
+    jobs: RefCell<Option<mpsc::UnboundedReceiver<Job>>>,
+    pending: RefCell<HashMap<u32, Pending>>,
+    next_id: Cell<u32>,
+    config: FnConfig,
+    /// Lines logged while no request was current (module top level).
+    pub orphan_logs: RefCell<Vec<LogLine>>,
+}
+
+/// What the script reads once through `op_fn_config`.
+#[derive(serde::Serialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct FnConfig {
+    pub env: BTreeMap<String, String>,
+    pub function_name: String,
+    pub wait_until_ms: u64,
+}
+
+struct Pending {
+    head: Option<oneshot::Sender<Result<ResponseHead, ScriptError>>>,
+    body: Option<mpsc::Sender<Result<Bytes, String>>>,
+    done: oneshot::Sender<Completion>,
+    logs: Vec<LogLine>,
+}
+
+impl FnInbox {
+    pub fn new(jobs: mpsc::UnboundedReceiver<Job>, config: FnConfig) -> Rc<Self> {
+        Rc::new(FnInbox {
+            jobs: RefCell::new(Some(jobs)),
+            pending: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+            config,
+            orphan_logs: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Requests that have been taken by the script and not finished yet.
+    pub fn in_flight(&self) -> usize {
+        self.pending.borrow().len()
+    }
+
+    /// Fails every request still in flight (the isolate is going away).
+    pub fn fail_all(&self, message: &str) {
+        for (_, p) in self.pending.borrow_mut().drain() {
+            let error = ScriptError {
+                message: message.to_string(),
+                stack: None,
+            };
+            if let Some(head) = p.head {
+                let _ = head.send(Err(error.clone()));
+            }
+            if let Some(body) = p.body {
+                let _ = body.try_send(Err(message.to_string()));
+            }
+            let _ = p.done.send(Completion {
+                logs: p.logs,
+                error: Some(error),
+            });
+        }
+    }
+
+    /// Answers every job still queued (never taken by the script) with an error.
+    pub fn reject_queued(&self, message: &str) {
+        let Some(mut jobs) = self.jobs.borrow_mut().take() else {
+            return;
+        };
+        jobs.close();
+        while let Ok(job) = jobs.try_recv() {
+            let error = ScriptError {
+                message: message.to_string(),
+                stack: None,
+            };
+            let _ = job.reply.head.send(Err(error.clone()));
+            let _ = job.reply.done.send(Completion {
+                logs: Vec::new(),
+                error: Some(error),
+            });
+        }
+    }
+
+    fn allocate_id(&self) -> u32 {
+        let id = self.next_id.get();
+        // 0 means "no request" to the script, so skip it on wrap-around.
+        self.next_id.set(id.checked_add(1).unwrap_or(1));
+        id
+    }
+}
+
+fn inbox(state: &OpState) -> Rc<FnInbox> {
+    state.borrow::<Rc<FnInbox>>().clone()
+}
+
+/// A request as the script receives it.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JsRequest {
+    id: u32,
+    method: String,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Option<ToJsBuffer>,
+    user_id: Option<String>,
+    caller: &'static str,
+    request_id: String,
+    ip: String,
+}
+
+/// Waits for the next request; `null` once the isolate is retired.
+#[op2]
+#[serde]
+async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
+    let inbox = inbox(&state.borrow());
+    let mut jobs = inbox.jobs.borrow_mut().take()?;
+    let job = jobs.recv().await;
+    *inbox.jobs.borrow_mut() = Some(jobs);
+    let Job { invocation, reply } = job?;
+    let id = inbox.allocate_id();
+    inbox.pending.borrow_mut().insert(
+        id,
+        Pending {
+            head: Some(reply.head),
+            body: None,
+            done: reply.done,
+            logs: Vec::new(),
+        },
+    );
+    let body = if invocation.body.is_empty()
+        && matches!(invocation.method.as_str(), "GET" | "HEAD")
+    {
+        None
+    } else {
+        Some(ToJsBuffer::from(invocation.body.to_vec()))
+    };
+    Some(JsRequest {
+        id,
+        method: invocation.method,
+        url: invocation.url,
+        headers: invocation.headers,
+        body,
+        user_id: invocation.user_id,
+        caller: invocation.caller.as_str(),
+        request_id: invocation.request_id,
+        ip: invocation.ip,
+    })
+}
+
+#[op2]
+#[serde]
+fn op_fn_config(state: &mut OpState) -> FnConfig {
+    inbox(state).config.clone()
+}
+
+/// Sends the status and headers; `stream` says whether body chunks follow
+/// through `op_fn_stream_write`, otherwise `body` is the whole body.
+#[op2]
+fn op_fn_respond(
+    state: &mut OpState,
+    #[smi] id: u32,
+    #[smi] status: u32,
+    #[serde] headers: Vec<(String, String)>,
+    #[buffer(copy)] body: Vec<u8>,
+    stream: bool,
+) {
+    let inbox = inbox(state);
+    let mut pending = inbox.pending.borrow_mut();
+    let Some(p) = pending.get_mut(&id) else {
+        return;
+    };
+    let Some(head) = p.head.take() else {
+        return;
+    };
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    if stream {
+        p.body = Some(tx);
+    } else if !body.is_empty() {
+        // The channel is new and has room: this cannot fail.
+        let _ = tx.try_send(Ok(Bytes::from(body)));
+    }
+    let status = u16::try_from(status).unwrap_or(500);
+    let _ = head.send(Ok(ResponseHead {
+        status,
+        headers,
+        body: rx,
+    }));
+}
+
+/// Sends one chunk of a streamed body; resolves `false` if the client is gone.
+#[op2]
+async fn op_fn_stream_write(
+    state: Rc<RefCell<OpState>>,
+    #[smi] id: u32,
+    #[buffer(copy)] chunk: Vec<u8>,
+) -> bool {
+    let sender = {
+        let inbox = inbox(&state.borrow());
+        let pending = inbox.pending.borrow();
+        pending.get(&id).and_then(|p| p.body.clone())
+    };
+    match sender {
+        Some(tx) => tx.send(Ok(Bytes::from(chunk))).await.is_ok(),
+        None => false,
+    }
+}
+
+/// Ends a streamed body, with an error message if the stream failed.
+#[op2]
+fn op_fn_stream_end(state: &mut OpState, #[smi] id: u32, #[string] error: Option<String>) {
+    let inbox = inbox(state);
+    let mut pending = inbox.pending.borrow_mut();
+    if let Some(p) = pending.get_mut(&id) {
+        if let (Some(tx), Some(message)) = (p.body.take(), error) {
+            let _ = tx.try_send(Err(message));
+        }
+    }
+}
+
+fn level_name(level: u32) -> &'static str {
+    match level {
+        0 => "debug",
+        1 => "log",
+        2 => "warn",
+        _ => "error",
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Captures one `console.*` line for the request that printed it.
+#[op2(fast)]
+fn op_fn_log(state: &mut OpState, #[smi] id: u32, #[smi] level: u32, #[string] message: &str) {
+    let inbox = inbox(state);
+    let line = LogLine {
+        level: level_name(level).to_string(),
+        message: message.strip_suffix('\n').unwrap_or(message).to_string(),
+        ts: now_ms(),
+    };
+    let mut pending = inbox.pending.borrow_mut();
+    match pending.get_mut(&id) {
+        Some(p) => p.logs.push(line),
+        None => {
+            let mut orphans = inbox.orphan_logs.borrow_mut();
+            if orphans.len() < 1000 {
+                orphans.push(line);
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct JsErrorInfo {
+    message: String,
+    stack: Option<String>,
+}
+
+/// The request is finished: response sent (or failed) and `waitUntil` settled.
+#[op2]
+fn op_fn_done(state: &mut OpState, #[smi] id: u32, #[serde] error: Option<JsErrorInfo>) {
+    let inbox = inbox(state);
+    let Some(p) = inbox.pending.borrow_mut().remove(&id) else {
+        return;
+    };
+    let error = error.map(|e| ScriptError {
+        message: e.message,
+        stack: e.stack,
+    });
+    if let Some(head) = p.head {
+        let _ = head.send(Err(error.clone().unwrap_or_else(|| ScriptError {
+            message: "the handler finished without returning a Response".to_string(),
+            stack: None,
+        })));
+    }
+    let _ = p.done.send(Completion {
+        logs: p.logs,
+        error,
+    });
+}

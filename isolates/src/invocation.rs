@@ -1,0 +1,127 @@
+//! The values that cross between the host and an isolate for one function call.
+//!
+//! Kept free of V8 types so the build script (which builds the snapshot) can
+//! include this file as it is.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+/// Who is calling, as the handler sees it in `ctx.caller.type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallerType {
+    ServiceKey,
+    EndUserJwt,
+    Anonymous,
+    Cron,
+}
+
+impl CallerType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallerType::ServiceKey => "service_key",
+            CallerType::EndUserJwt => "end_user_jwt",
+            CallerType::Anonymous => "anonymous",
+            CallerType::Cron => "cron",
+        }
+    }
+}
+
+/// One request for a function, as plain data.
+#[derive(Debug)]
+pub struct Invocation {
+    pub method: String,
+    /// The public URL the client called.
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub user_id: Option<String>,
+    pub caller: CallerType,
+    pub request_id: String,
+    pub ip: String,
+}
+
+/// The status line and headers of a function's response; the body follows on
+/// the [`ResponseBody`] channel.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: ResponseBody,
+}
+
+/// A response body as it is produced: chunks end when the sender is dropped; an
+/// `Err` chunk means the stream failed midway.
+pub type ResponseBody = mpsc::Receiver<Result<Bytes, String>>;
+
+/// One `console.*` line captured while a request ran.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: String,
+    pub message: String,
+    /// Milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+/// What became of an invocation once its response and its `waitUntil` work are
+/// finished.
+#[derive(Debug, Default)]
+pub struct Completion {
+    pub logs: Vec<LogLine>,
+    /// The uncaught error, if the handler (or its stream) threw.
+    pub error: Option<ScriptError>,
+}
+
+/// An exception thrown by user code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptError {
+    pub message: String,
+    pub stack: Option<String>,
+}
+
+/// Where the isolate sends the parts of its answer.
+pub struct Reply {
+    pub head: oneshot::Sender<Result<ResponseHead, ScriptError>>,
+    pub done: oneshot::Sender<Completion>,
+}
+
+/// An invocation and the channels its answer goes back on.
+pub struct Job {
+    pub invocation: Invocation,
+    pub reply: Reply,
+}
+
+/// A deployed function as the isolate layer needs it: compiled JavaScript and
+/// its environment. `revision` changes whenever any of it does.
+#[derive(Debug)]
+pub struct FunctionCode {
+    pub app: String,
+    pub name: String,
+    pub revision: u64,
+    /// ES module JavaScript (already transpiled from TypeScript).
+    pub js: Arc<str>,
+    pub env: BTreeMap<String, String>,
+    pub limits: Limits,
+}
+
+/// Per-function limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub timeout_ms: u64,
+    pub memory_limit_mb: u64,
+    /// How long `waitUntil` work may run after the response.
+    pub wait_until_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout_ms: 30_000,
+            memory_limit_mb: 128,
+            wait_until_ms: 30_000,
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The set of warm isolates: at most one per deployed function, each on its own
+//! thread (a V8 isolate is entered on creation and must stay on its thread).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::InvokeError;
+use crate::invocation::{Completion, FunctionCode, Invocation, Job, Reply, ResponseHead};
+use crate::worker::run_isolate;
+
+type Key = (String, String);
+
+struct Entry {
+    revision: u64,
+    jobs: mpsc::UnboundedSender<Job>,
+    last_used: Instant,
+}
+
+/// Warm isolates keyed by `(app, function)`; a new revision replaces the old
+/// isolate, which finishes the requests it already has and then exits.
+#[derive(Clone, Default)]
+pub struct IsolatePool {
+    entries: Arc<Mutex<HashMap<Key, Entry>>>,
+}
+
+/// A started response: the head, and a receiver for the final record.
+pub struct Started {
+    pub head: ResponseHead,
+    pub completion: oneshot::Receiver<Completion>,
+}
+
+fn spawn_isolate(code: Arc<FunctionCode>) -> Result<mpsc::UnboundedSender<Job>, InvokeError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let name = format!("isolate:{}/{}", code.app, code.name);
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("cannot start an isolate thread runtime: {e}");
+                    return;
+                }
+            };
+            runtime.block_on(run_isolate(code, rx));
+        })
+        .map_err(|e| InvokeError::IsolateGone(format!("cannot start an isolate thread: {e}")))?;
+    Ok(tx)
+}
+
+impl IsolatePool {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn dispatch(&self, code: &Arc<FunctionCode>, job: Job) -> Result<(), InvokeError> {
+        let key = (code.app.clone(), code.name.clone());
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut job = job;
+        if let Some(entry) = entries.get_mut(&key) {
+            if entry.revision == code.revision {
+                entry.last_used = Instant::now();
+                match entry.jobs.send(job) {
+                    Ok(()) => return Ok(()),
+                    // The isolate died: start a new one below.
+                    Err(mpsc::error::SendError(returned)) => job = returned,
+                }
+            }
+        }
+        let jobs = spawn_isolate(code.clone())?;
+        let sent = jobs.send(job);
+        entries.insert(
+            key,
+            Entry {
+                revision: code.revision,
+                jobs,
+                last_used: Instant::now(),
+            },
+        );
+        sent.map_err(|_| InvokeError::IsolateGone("the new isolate exited at once".to_string()))
+    }
+
+    /// Runs one invocation and waits for the response head (not the body).
+    pub async fn invoke(
+        &self,
+        code: &Arc<FunctionCode>,
+        invocation: Invocation,
+    ) -> Result<Started, InvokeError> {
+        let (head_tx, head_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        self.dispatch(
+            code,
+            Job {
+                invocation,
+                reply: Reply {
+                    head: head_tx,
+                    done: done_tx,
+                },
+            },
+        )?;
+        let timeout_ms = code.limits.timeout_ms;
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), head_rx).await {
+            Err(_) => Err(InvokeError::Timeout { timeout_ms }),
+            Ok(Err(_)) => Err(InvokeError::IsolateGone(
+                "the isolate dropped the request".to_string(),
+            )),
+            Ok(Ok(Err(script))) => Err(InvokeError::Script(script)),
+            Ok(Ok(Ok(head))) => Ok(Started {
+                head,
+                completion: done_rx,
+            }),
+        }
+    }
+
+    /// Retires the isolate of one function (it was deleted or redeployed).
+    pub fn retire(&self, app: &str, name: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(&(app.to_string(), name.to_string()));
+    }
+
+    /// Retires every isolate of an app.
+    pub fn retire_app(&self, app: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|(a, _), _| a != app);
+    }
+
+    /// Retires isolates that served nothing for `max_idle`.
+    pub fn evict_idle(&self, max_idle: Duration) -> usize {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let before = entries.len();
+        entries.retain(|_, e| e.last_used.elapsed() < max_idle && !e.jobs.is_closed());
+        before - entries.len()
+    }
+
+    /// How many warm isolates there are.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,106 @@
+//! One warm isolate serving one function revision: created from the snapshot,
+//! loads the user's module, then serves requests until its job channel closes.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use deno_core::{JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions, StaticModuleLoader};
+use tokio::sync::mpsc;
+
+use crate::ext::fn_ops::{FnConfig, FnInbox};
+use crate::invocation::{FunctionCode, Job};
+use crate::snapshot::{RESIDUAL_LAZY_ESM, RESIDUAL_LAZY_JS, SNAPSHOT};
+
+const USER_SPECIFIER: &str = "churn:user";
+const MAIN_SPECIFIER: &str = "churn:main";
+
+/// The entry module: takes the start function off the global before any user
+/// code runs, then imports the user's module through it.
+const MAIN_MODULE: &str = r#"const start = globalThis.__churnStart;
+delete globalThis.__churnStart;
+await start(() => import("churn:user"));
+"#;
+
+fn specifier(s: &str) -> Result<ModuleSpecifier, String> {
+    ModuleSpecifier::parse(s).map_err(|e| e.to_string())
+}
+
+fn permissions() -> deno_permissions::PermissionsContainer {
+    let parser = Arc::new(deno_permissions::RuntimePermissionDescriptorParser::new(
+        sys_traits::impls::RealSys,
+    ));
+    // Outbound fetch is the only capability user code has; the op layer offers
+    // no file system, process or socket ops at all.
+    deno_permissions::PermissionsContainer::allow_all(parser)
+}
+
+fn new_runtime(code: &FunctionCode) -> Result<JsRuntime, String> {
+    let loader = StaticModuleLoader::with(specifier(USER_SPECIFIER)?, code.js.to_string());
+    let heap_max = (code.limits.memory_limit_mb as usize).saturating_mul(1024 * 1024);
+    let runtime = JsRuntime::try_new(RuntimeOptions {
+        module_loader: Some(Rc::new(loader)),
+        startup_snapshot: Some(SNAPSHOT),
+        residual_lazy_js_sources: RESIDUAL_LAZY_JS,
+        residual_lazy_esm_sources: RESIDUAL_LAZY_ESM,
+        extensions: crate::extensions::extensions(),
+        create_params: Some(deno_core::v8::CreateParams::default().heap_limits(0, heap_max)),
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(runtime)
+}
+
+/// Runs one isolate to completion on the current thread. Jobs that arrive
+/// while it cannot serve are answered with an error.
+pub async fn run_isolate(code: Arc<FunctionCode>, jobs: mpsc::UnboundedReceiver<Job>) {
+    let inbox = FnInbox::new(
+        jobs,
+        FnConfig {
+            env: code.env.clone(),
+            function_name: code.name.clone(),
+            wait_until_ms: code.limits.wait_until_ms,
+        },
+    );
+    let result = serve(&code, inbox.clone()).await;
+    if let Err(message) = result {
+        tracing::warn!(app = %code.app, function = %code.name, "isolate stopped: {message}");
+        inbox.fail_all(&message);
+        inbox.reject_queued(&message);
+    }
+}
+
+async fn serve(code: &FunctionCode, inbox: Rc<FnInbox>) -> Result<(), String> {
+    let mut runtime = new_runtime(code)?;
+    {
+        let state = runtime.op_state();
+        let mut state = state.borrow_mut();
+        state.put(inbox.clone());
+        state.put(permissions());
+    }
+    let handle = runtime.v8_isolate().thread_safe_handle();
+    runtime.add_near_heap_limit_callback(move |current, _initial| {
+        // Stop the script; the isolate is discarded afterwards. Raise the
+        // limit a little so V8 can unwind instead of aborting the process.
+        handle.terminate_execution();
+        current.saturating_mul(2)
+    });
+
+    let main = specifier(MAIN_SPECIFIER)?;
+    let id = runtime
+        .load_main_es_module_from_code(&main, MAIN_MODULE)
+        .await
+        .map_err(|e| e.to_string())?;
+    let evaluation = runtime.mod_evaluate(id);
+    runtime
+        .with_event_loop_promise(Box::pin(evaluation), PollEventLoopOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    runtime
+        .run_event_loop(PollEventLoopOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    if inbox.in_flight() > 0 {
+        inbox.fail_all("the isolate's event loop ended before the request finished");
+    }
+    Ok(())
+}
