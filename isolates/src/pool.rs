@@ -26,9 +26,11 @@ pub struct IsolatePool {
     entries: Arc<Mutex<HashMap<Key, Entry>>>,
 }
 
-/// A started response: the head, and a receiver for the final record.
+/// An invocation under way: the response head (or why there is none), and a
+/// receiver for the final record (logs, uncaught error), which arrives once the
+/// body is finished and `waitUntil` work settled.
 pub struct Started {
-    pub head: ResponseHead,
+    pub head: Result<ResponseHead, InvokeError>,
     pub completion: oneshot::Receiver<Completion>,
 }
 
@@ -87,34 +89,34 @@ impl IsolatePool {
     }
 
     /// Runs one invocation and waits for the response head (not the body).
-    pub async fn invoke(
-        &self,
-        code: &Arc<FunctionCode>,
-        invocation: Invocation,
-    ) -> Result<Started, InvokeError> {
+    pub async fn invoke(&self, code: &Arc<FunctionCode>, invocation: Invocation) -> Started {
         let (head_tx, head_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
-        self.dispatch(
-            code,
-            Job {
-                invocation,
-                reply: Reply {
-                    head: head_tx,
-                    done: done_tx,
-                },
+        let job = Job {
+            invocation,
+            reply: Reply {
+                head: head_tx,
+                done: done_tx,
             },
-        )?;
+        };
+        if let Err(e) = self.dispatch(code, job) {
+            return Started {
+                head: Err(e),
+                completion: done_rx,
+            };
+        }
         let timeout_ms = code.limits.timeout_ms;
-        match tokio::time::timeout(Duration::from_millis(timeout_ms), head_rx).await {
+        let head = match tokio::time::timeout(Duration::from_millis(timeout_ms), head_rx).await {
             Err(_) => Err(InvokeError::Timeout { timeout_ms }),
             Ok(Err(_)) => Err(InvokeError::IsolateGone(
                 "the isolate dropped the request".to_string(),
             )),
             Ok(Ok(Err(script))) => Err(InvokeError::Script(script)),
-            Ok(Ok(Ok(head))) => Ok(Started {
-                head,
-                completion: done_rx,
-            }),
+            Ok(Ok(Ok(head))) => Ok(head),
+        };
+        Started {
+            head,
+            completion: done_rx,
         }
     }
 

@@ -4,7 +4,9 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use deno_core::{JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions, StaticModuleLoader};
+use deno_core::{
+    JsRuntime, ModuleSpecifier, PollEventLoopOptions, RuntimeOptions, StaticModuleLoader,
+};
 use tokio::sync::mpsc;
 
 use crate::ext::fn_ops::{FnConfig, FnInbox};

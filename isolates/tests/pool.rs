@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use churn_isolates::{
-    compile_function, CallerType, FunctionCode, Invocation, IsolatePool, InvokeError, Limits,
+    compile_function, CallerType, FunctionCode, Invocation, InvokeError, IsolatePool, Limits,
 };
 
 fn code(src: &str, revision: u64) -> Arc<FunctionCode> {
@@ -36,7 +36,8 @@ fn get(url: &str) -> Invocation {
 
 async fn body_of(started: &mut churn_isolates::Started) -> String {
     let mut out = Vec::new();
-    while let Some(chunk) = started.head.body.recv().await {
+    let head = started.head.as_mut().expect("head");
+    while let Some(chunk) = head.body.recv().await {
         out.extend_from_slice(&chunk.expect("chunk"));
     }
     String::from_utf8(out).expect("utf8")
@@ -54,8 +55,8 @@ async fn runs_a_handler_with_ctx() {
         }"#,
         1,
     );
-    let mut started = pool.invoke(&f, get("http://h/v1/app1/fn/f/x")).await.expect("ok");
-    assert_eq!(started.head.status, 200);
+    let mut started = pool.invoke(&f, get("http://h/v1/app1/fn/f/x")).await;
+    assert_eq!(started.head.as_ref().map(|h| h.status).ok(), Some(200));
     let body = body_of(&mut started).await;
     assert_eq!(
         body,
@@ -71,13 +72,19 @@ async fn runs_a_handler_with_ctx() {
 async fn throwing_handler_is_a_script_error() {
     let pool = IsolatePool::new();
     let f = code("export function handler() { throw new Error('boom'); }", 1);
-    match pool.invoke(&f, get("http://h/")).await {
+    let started = pool.invoke(&f, get("http://h/")).await;
+    match started.head {
         Err(InvokeError::Script(e)) => assert_eq!(e.message, "boom"),
         Err(other) => panic!("unexpected {other:?}"),
         Ok(_) => panic!("expected an error"),
     }
+    let done = started.completion.await.expect("completion");
+    assert_eq!(done.error.map(|e| e.message).as_deref(), Some("boom"));
     // The isolate stays usable.
-    let f2 = code("export function handler() { return new Response('ok'); }", 2);
-    let mut started = pool.invoke(&f2, get("http://h/")).await.expect("ok");
+    let f2 = code(
+        "export function handler() { return new Response('ok'); }",
+        2,
+    );
+    let mut started = pool.invoke(&f2, get("http://h/")).await;
     assert_eq!(body_of(&mut started).await, "ok");
 }

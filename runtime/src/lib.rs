@@ -1,1 +1,69 @@
-//! placeholder
+//! The churn host: configuration, the HTTP server, the control API (deploy,
+//! env, auth, logs), the registry of apps and functions, and the wiring of
+//! everything below it.
+//!
+//! It must not know V8 details: it hands plain [`churn_dispatcher::Invocation`]s
+//! to the dispatcher and gets plain responses back.
+
+mod api;
+mod apps;
+mod config;
+mod data_plane;
+mod error;
+mod host;
+mod http;
+mod keys;
+mod records;
+mod run;
+mod server;
+mod validate;
+
+use std::sync::Arc;
+
+pub use config::{Config, ConfigError, ConfigFile};
+pub use host::{Host, SharedHost};
+pub use keys::{KeyError, ServiceKeys};
+pub use server::serve;
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("cannot open the data directory: {0}")]
+    Storage(#[from] churn_storage_kv::KvError),
+}
+
+/// The service keys of the data directory in `config`.
+pub fn service_keys(config: &Config) -> Result<ServiceKeys, KeyError> {
+    ServiceKeys::open(&config.data_dir.join("host"))
+}
+
+/// Opens the data directory, loads every deployment, and makes the first
+/// service key if there is none (returned so the caller can show it once).
+pub fn open_host(
+    config: Config,
+    bound: std::net::SocketAddr,
+) -> Result<(SharedHost, Option<String>), StartError> {
+    let keys = service_keys(&config)?;
+    let first_key = if keys.is_empty() {
+        Some(keys.create()?)
+    } else {
+        None
+    };
+    let apps = apps::Apps::open(
+        &config.data_dir,
+        config.max_concurrency,
+        config.logs_per_function,
+    )?;
+    let public_base = config.public_base(bound);
+    Ok((
+        Arc::new(Host {
+            config,
+            apps,
+            keys,
+            public_base,
+        }),
+        first_key,
+    ))
+}

@@ -158,8 +158,7 @@ async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
             logs: Vec::new(),
         },
     );
-    let body = if invocation.body.is_empty()
-        && matches!(invocation.method.as_str(), "GET" | "HEAD")
+    let body = if invocation.body.is_empty() && matches!(invocation.method.as_str(), "GET" | "HEAD")
     {
         None
     } else {

@@ -1,0 +1,329 @@
+//! The registry of apps and their functions: persisted in each app's own sled
+//! database (`<data>/apps/<app_id>/kv`) and mirrored into the dispatcher.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use churn_dispatcher::{AuthMode, DeployedFunction, Dispatcher};
+use churn_isolates::{FunctionCode, Limits};
+use churn_storage_kv::{KvError, KvStore, Tree};
+use rand::RngCore;
+
+use crate::records::{AppRecord, FunctionRecord, LogEntry, Stats};
+
+/// Every change to code or env gets a new revision, so isolates never serve
+/// stale code or env.
+static REVISION: AtomicU64 = AtomicU64::new(1);
+
+pub struct App {
+    pub id: String,
+    kv: KvStore,
+    meta: Tree,
+    functions: Tree,
+    stats: Tree,
+    logs: Tree,
+    record: RwLock<AppRecord>,
+    stats_cache: Mutex<HashMap<String, Stats>>,
+    log_seq: AtomicU64,
+}
+
+pub struct Apps {
+    root: PathBuf,
+    apps: RwLock<HashMap<String, Arc<App>>>,
+    create_lock: Mutex<()>,
+    pub dispatcher: Dispatcher,
+    max_concurrency: usize,
+    logs_per_function: usize,
+}
+
+fn new_secret() -> String {
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    hex::encode(raw)
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn log_key(name: &str, ts_micros: u64, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 17);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&ts_micros.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn log_prefix(name: &str) -> Vec<u8> {
+    let mut k = name.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+impl App {
+    fn open(dir: PathBuf, id: &str) -> Result<Self, KvError> {
+        let kv = KvStore::open(&dir.join("kv"))?;
+        let meta = kv.tree("meta")?;
+        let record = match meta.get::<AppRecord>(b"app")? {
+            Some(r) => r,
+            None => {
+                let r = AppRecord {
+                    app_id: id.to_string(),
+                    jwt_secret: new_secret(),
+                    trusted_jwt_secret: None,
+                    created_at: now_rfc3339(),
+                    env: BTreeMap::new(),
+                };
+                meta.put_durable(b"app", &r)?;
+                r
+            }
+        };
+        Ok(App {
+            id: id.to_string(),
+            functions: kv.tree("functions")?,
+            stats: kv.tree("stats")?,
+            logs: kv.tree("logs")?,
+            meta,
+            kv,
+            record: RwLock::new(record),
+            stats_cache: Mutex::new(HashMap::new()),
+            log_seq: AtomicU64::new(0),
+        })
+    }
+
+    pub fn record(&self) -> AppRecord {
+        self.record
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes the app record durably.
+    pub fn update_record(&self, f: impl FnOnce(&mut AppRecord)) -> Result<AppRecord, KvError> {
+        let mut record = self.record.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = record.clone();
+        f(&mut next);
+        self.meta.put_durable(b"app", &next)?;
+        *record = next.clone();
+        Ok(next)
+    }
+
+    /// The secrets an end-user token may be signed with.
+    pub fn jwt_secrets(&self) -> Vec<Vec<u8>> {
+        let r = self.record.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = vec![r.jwt_secret.as_bytes().to_vec()];
+        if let Some(t) = &r.trusted_jwt_secret {
+            out.push(t.as_bytes().to_vec());
+        }
+        out
+    }
+
+    pub fn function(&self, name: &str) -> Result<Option<FunctionRecord>, KvError> {
+        self.functions.get(name.as_bytes())
+    }
+
+    pub fn functions(&self) -> Result<Vec<FunctionRecord>, KvError> {
+        Ok(self
+            .functions
+            .scan_prefix::<FunctionRecord>(b"")?
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect())
+    }
+
+    pub fn stats(&self, name: &str) -> Result<Stats, KvError> {
+        if let Some(s) = self
+            .stats_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(s.clone());
+        }
+        Ok(self.stats.get(name.as_bytes())?.unwrap_or_default())
+    }
+
+    pub fn logs(&self, name: &str, limit: usize) -> Result<Vec<LogEntry>, KvError> {
+        Ok(self
+            .logs
+            .scan_prefix_rev::<LogEntry>(&log_prefix(name), limit)?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+}
+
+impl Apps {
+    /// Opens every app under `<data>/apps` and makes its functions live.
+    pub fn open(
+        data_dir: &std::path::Path,
+        max_concurrency: usize,
+        logs_per_function: usize,
+    ) -> Result<Self, KvError> {
+        let root = data_dir.join("apps");
+        std::fs::create_dir_all(&root).map_err(|e| KvError::Sled(e.into()))?;
+        let apps = Apps {
+            root: root.clone(),
+            apps: RwLock::new(HashMap::new()),
+            create_lock: Mutex::new(()),
+            dispatcher: Dispatcher::new(),
+            max_concurrency,
+            logs_per_function,
+        };
+        let entries = std::fs::read_dir(&root).map_err(|e| KvError::Sled(e.into()))?;
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !crate::validate::is_app_id(&id) {
+                continue;
+            }
+            let app = Arc::new(App::open(entry.path(), &id)?);
+            for f in app.functions()? {
+                apps.publish(&app, &f);
+            }
+            apps.apps
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, app);
+        }
+        Ok(apps)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<App>> {
+        self.apps
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    pub fn get_or_create(&self, id: &str) -> Result<Arc<App>, KvError> {
+        if let Some(app) = self.get(id) {
+            return Ok(app);
+        }
+        let _guard = self.create_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(app) = self.get(id) {
+            return Ok(app);
+        }
+        let app = Arc::new(App::open(self.root.join(id), id)?);
+        self.apps
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), app.clone());
+        Ok(app)
+    }
+
+    /// Makes `f` the live revision in the dispatcher.
+    fn publish(&self, app: &App, f: &FunctionRecord) {
+        let record = app.record();
+        let mut env = record.env.clone();
+        env.extend(f.env_vars.clone());
+        let code = FunctionCode {
+            app: app.id.clone(),
+            name: f.name.clone(),
+            revision: REVISION.fetch_add(1, Ordering::Relaxed),
+            js: f.js.as_str().into(),
+            env,
+            limits: Limits {
+                timeout_ms: f.timeout_ms,
+                memory_limit_mb: f.memory_limit_mb,
+                ..Limits::default()
+            },
+        };
+        let http_auth = f.triggers.iter().find(|t| t.kind == "http").map(|t| {
+            match t.config.get("auth").and_then(|a| a.as_str()) {
+                Some("none") => AuthMode::None,
+                _ => AuthMode::Required,
+            }
+        });
+        self.dispatcher.deploy(DeployedFunction::new(
+            Arc::new(code),
+            http_auth,
+            self.max_concurrency,
+        ));
+    }
+
+    /// Stores `f` durably, then makes it live.
+    pub fn save_function(&self, app: &App, f: &FunctionRecord) -> Result<(), KvError> {
+        app.functions.put_durable(f.name.as_bytes(), f)?;
+        self.publish(app, f);
+        Ok(())
+    }
+
+    pub fn delete_function(&self, app: &App, name: &str) -> Result<bool, KvError> {
+        let existed = app.functions.delete(name.as_bytes())?;
+        app.stats.delete(name.as_bytes())?;
+        app.logs.delete_prefix(&log_prefix(name))?;
+        app.kv.flush()?;
+        app.stats_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        self.dispatcher.remove(&app.id, name);
+        Ok(existed)
+    }
+
+    /// Re-publishes every function of the app (its env changed).
+    pub fn republish_all(&self, app: &App) -> Result<(), KvError> {
+        for f in app.functions()? {
+            self.publish(app, &f);
+        }
+        Ok(())
+    }
+
+    /// Records a finished invocation: its log entry and the running stats.
+    pub fn record_invocation(&self, app: &App, name: &str, entry: &LogEntry) {
+        let failed = entry.error.is_some() || entry.status >= 500;
+        let stats = {
+            let mut cache = app.stats_cache.lock().unwrap_or_else(|p| p.into_inner());
+            let stats = match cache.get(name) {
+                Some(s) => s.clone(),
+                None => app
+                    .stats
+                    .get(name.as_bytes())
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default(),
+            };
+            let mut stats = stats;
+            stats.invocation_count += 1;
+            if failed {
+                stats.error_count += 1;
+            }
+            stats.total_duration_ms += entry.duration_ms;
+            stats.last_invoked = Some(entry.timestamp.clone());
+            cache.insert(name.to_string(), stats.clone());
+            stats
+        };
+        let seq = app.log_seq.fetch_add(1, Ordering::Relaxed);
+        let micros = chrono::Utc::now().timestamp_micros().max(0) as u64;
+        let result = app
+            .stats
+            .put(name.as_bytes(), &stats)
+            .and_then(|_| app.logs.put(&log_key(name, micros, seq), entry));
+        if let Err(e) = result {
+            tracing::error!(app = %app.id, function = name, "cannot record invocation: {e}");
+        }
+        if seq % 64 == 63 {
+            if let Err(e) = app
+                .logs
+                .trim_prefix(&log_prefix(name), self.logs_per_function)
+            {
+                tracing::error!(app = %app.id, "cannot trim logs: {e}");
+            }
+        }
+    }
+
+    /// Flushes every app's data to disk (at shutdown).
+    pub fn flush_all(&self) {
+        for app in self.apps.read().unwrap_or_else(|p| p.into_inner()).values() {
+            if let Err(e) = app.kv.flush() {
+                tracing::error!(app = %app.id, "flush failed: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Host configuration: defaults, then `churn.toml`, then `CHURN_*` environment
+//! variables, then command-line flags (each overriding the one before).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything the host needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Base of the URLs handed back to users (defaults to `http://<listen>`).
+    pub public_url: Option<String>,
+    pub max_body_bytes: usize,
+    pub default_timeout_ms: u64,
+    pub default_memory_limit_mb: u64,
+    pub max_concurrency: usize,
+    /// Warm isolates unused this long are dropped.
+    pub isolate_idle_secs: u64,
+    /// Log entries kept per function.
+    pub logs_per_function: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            data_dir: PathBuf::from("churn-data"),
+            public_url: None,
+            max_body_bytes: 10 * 1024 * 1024,
+            default_timeout_ms: 30_000,
+            default_memory_limit_mb: 128,
+            max_concurrency: 100,
+            isolate_idle_secs: 900,
+            logs_per_function: 500,
+        }
+    }
+}
+
+/// Values from the file or the environment; absent ones keep the default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub default_timeout_ms: Option<u64>,
+    pub default_memory_limit_mb: Option<u64>,
+    pub max_concurrency: Option<usize>,
+    pub isolate_idle_secs: Option<u64>,
+    pub logs_per_function: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}={value:?} is invalid: {message}")]
+    Env {
+        name: String,
+        value: String,
+        message: String,
+    },
+}
+
+impl ConfigFile {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads `CHURN_<FIELD>` variables from `vars`.
+    pub fn from_env(vars: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        fn parse<T: std::str::FromStr>(
+            vars: &impl Fn(&str) -> Option<String>,
+            name: &str,
+        ) -> Result<Option<T>, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            match vars(name) {
+                None => Ok(None),
+                Some(value) => value
+                    .parse()
+                    .map(Some)
+                    .map_err(|e: T::Err| ConfigError::Env {
+                        name: name.to_string(),
+                        message: e.to_string(),
+                        value,
+                    }),
+            }
+        }
+        Ok(ConfigFile {
+            listen: parse(&vars, "CHURN_LISTEN")?,
+            data_dir: vars("CHURN_DATA_DIR").map(PathBuf::from),
+            public_url: vars("CHURN_PUBLIC_URL"),
+            max_body_bytes: parse(&vars, "CHURN_MAX_BODY_BYTES")?,
+            default_timeout_ms: parse(&vars, "CHURN_DEFAULT_TIMEOUT_MS")?,
+            default_memory_limit_mb: parse(&vars, "CHURN_DEFAULT_MEMORY_LIMIT_MB")?,
+            max_concurrency: parse(&vars, "CHURN_MAX_CONCURRENCY")?,
+            isolate_idle_secs: parse(&vars, "CHURN_ISOLATE_IDLE_SECS")?,
+            logs_per_function: parse(&vars, "CHURN_LOGS_PER_FUNCTION")?,
+        })
+    }
+}
+
+impl Config {
+    /// Applies `layer` on top of `self`.
+    pub fn merge(mut self, layer: ConfigFile) -> Self {
+        macro_rules! take {
+            ($($field:ident),*) => { $( if let Some(v) = layer.$field { self.$field = v; } )* };
+        }
+        take!(
+            listen,
+            data_dir,
+            max_body_bytes,
+            default_timeout_ms,
+            default_memory_limit_mb,
+            max_concurrency,
+            isolate_idle_secs,
+            logs_per_function
+        );
+        if layer.public_url.is_some() {
+            self.public_url = layer.public_url;
+        }
+        self
+    }
+
+    /// The base URL users reach this host at, without a trailing slash.
+    pub fn public_base(&self, bound: SocketAddr) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{bound}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order() {
+        let file: ConfigFile =
+            toml::from_str("listen = \"127.0.0.1:9000\"\nmax_concurrency = 7").expect("toml");
+        let env =
+            ConfigFile::from_env(|k| (k == "CHURN_LISTEN").then(|| "127.0.0.1:9001".to_string()))
+                .expect("env");
+        let c = Config::default().merge(file).merge(env);
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.max_concurrency, 7);
+        assert!(ConfigFile::from_env(|_| Some("x".into())).is_err());
+        assert!(toml::from_str::<ConfigFile>("nope = 1").is_err());
+    }
+}

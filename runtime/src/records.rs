@@ -1,0 +1,74 @@
+//! What the host stores about apps and functions (JSON in each app's sled).
+
+use std::collections::BTreeMap;
+
+use churn_isolates::LogLine;
+use serde::{Deserialize, Serialize};
+
+/// An app: created on its first deploy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub app_id: String,
+    /// Hex secret that signs the app's end-user tokens.
+    pub jwt_secret: String,
+    /// An external identity provider's HS256 secret, trusted as well.
+    #[serde(default)]
+    pub trusted_jwt_secret: Option<String>,
+    pub created_at: String,
+    /// App-wide env vars (function vars override them).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A trigger as deployed: `{type, config}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trigger {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+/// A deployed function.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionRecord {
+    pub id: String,
+    pub name: String,
+    pub version: u64,
+    pub code: String,
+    /// The transpiled module.
+    pub js: String,
+    pub description: Option<String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub timeout_ms: u64,
+    pub memory_limit_mb: u64,
+    pub triggers: Vec<Trigger>,
+    pub created_at: String,
+    pub deployed_at: String,
+}
+
+/// Running totals for a function.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Stats {
+    pub invocation_count: u64,
+    pub error_count: u64,
+    pub total_duration_ms: u64,
+    pub last_invoked: Option<String>,
+}
+
+/// One invocation, as `GET …/logs` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub id: String,
+    pub request_id: String,
+    pub timestamp: String,
+    pub trigger: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    pub stack: Option<String>,
+    pub logs: Vec<LogLine>,
+}

@@ -1,0 +1,188 @@
+//! Runs one invocation of a function and turns the outcome into an HTTP
+//! response, recording it (log entry, stats) once it is finished. Shared by the
+//! data plane and the control API's `invoke`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use churn_dispatcher::{DeployedFunction, DispatchError, Invocation};
+use churn_isolates::{Completion, InvokeError, ResponseBody};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Response, StatusCode};
+use tokio::sync::mpsc::error::TryRecvError;
+
+use crate::apps::{now_rfc3339, App};
+use crate::error::ApiError;
+use crate::host::SharedHost;
+use crate::http::{error_response, full, Body};
+use crate::records::LogEntry;
+
+/// Headers a function may not set: the host frames the body itself.
+fn is_framing_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "content-length" | "transfer-encoding" | "connection" | "keep-alive" | "upgrade"
+    )
+}
+
+/// A body that is already whole (one chunk, sender gone) is sent with a
+/// length; anything else streams as it is produced.
+fn into_body(mut rx: ResponseBody) -> Body {
+    match rx.try_recv() {
+        Err(TryRecvError::Disconnected) => return full(Bytes::new()),
+        Ok(Ok(first)) => {
+            if let Err(TryRecvError::Disconnected) = rx.try_recv() {
+                return full(first);
+            }
+            return stream_body(Some(first), rx);
+        }
+        Ok(Err(message)) => {
+            return StreamBody::new(futures_util::stream::once(async move {
+                Err(std::io::Error::other(message))
+            }))
+            .boxed()
+        }
+        Err(TryRecvError::Empty) => {}
+    }
+    stream_body(None, rx)
+}
+
+fn stream_body(first: Option<Bytes>, rx: ResponseBody) -> Body {
+    let stream = futures_util::stream::unfold((first, rx), |(first, mut rx)| async move {
+        if let Some(chunk) = first {
+            return Some((Ok(Frame::data(chunk)), (None, rx)));
+        }
+        match rx.recv().await? {
+            Ok(chunk) => Some((Ok(Frame::data(chunk)), (None, rx))),
+            Err(message) => Some((Err(std::io::Error::other(message)), (None, rx))),
+        }
+    });
+    StreamBody::new(stream).boxed()
+}
+
+/// What the caller needs to know to record an invocation.
+pub struct RunInfo {
+    pub trigger: &'static str,
+    pub method: String,
+    pub path: String,
+    pub request_id: String,
+}
+
+/// Runs `invocation` and answers with the function's response (or the error
+/// response that stands for it).
+pub async fn run_function(
+    host: &SharedHost,
+    app: &Arc<App>,
+    function: Arc<DeployedFunction>,
+    invocation: Invocation,
+    info: RunInfo,
+) -> Response<Body> {
+    let dispatcher = &host.apps.dispatcher;
+    let slot = match dispatcher.admit(&function) {
+        Ok(slot) => slot,
+        Err(DispatchError::TooManyRequests { name, limit }) => {
+            return error_response(
+                &ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TOO_MANY_REQUESTS",
+                    format!("function {name:?} already has {limit} requests in flight"),
+                )
+                .fix("retry after a moment, or raise max_concurrency in the host config"),
+            )
+        }
+        Err(other) => return error_response(&ApiError::internal(other.to_string())),
+    };
+    let started_at = Instant::now();
+    let started = dispatcher.invoke(&function, invocation).await;
+    let duration_ms = started_at.elapsed().as_millis() as u64;
+
+    let (response, status, head_error) = match started.head {
+        Ok(head) => {
+            let mut res = Response::new(into_body(head.body));
+            *res.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::OK);
+            let headers = res.headers_mut();
+            for (name, value) in head.headers {
+                let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) else {
+                    continue;
+                };
+                if !is_framing_header(&name) {
+                    headers.append(name, value);
+                }
+            }
+            (res, head.status, None)
+        }
+        Err(e) => {
+            let api = invoke_error(&e, duration_ms);
+            (error_response(&api), api.status.as_u16(), Some(e))
+        }
+    };
+    let mut response = response;
+    if let Ok(v) = HeaderValue::from_str(&info.request_id) {
+        response.headers_mut().insert("x-churn-request-id", v);
+    }
+
+    let host = host.clone();
+    let app = app.clone();
+    let name = function.code.name.clone();
+    let wait = Duration::from_millis(
+        function.code.limits.timeout_ms + function.code.limits.wait_until_ms + 5_000,
+    );
+    tokio::spawn(async move {
+        let completion = match tokio::time::timeout(wait, started.completion).await {
+            Ok(Ok(c)) => c,
+            _ => Completion::default(),
+        };
+        drop(slot);
+        let (error, stack) = match (&head_error, completion.error) {
+            (Some(InvokeError::Script(e)), _) => (Some(e.message.clone()), e.stack.clone()),
+            (Some(other), _) => (Some(other.to_string()), None),
+            (None, Some(e)) => (Some(e.message), e.stack),
+            (None, None) => (None, None),
+        };
+        let entry = LogEntry {
+            id: uuid::Uuid::new_v4().to_string(),
+            request_id: info.request_id,
+            timestamp: now_rfc3339(),
+            trigger: info.trigger.to_string(),
+            method: info.method,
+            path: info.path,
+            status,
+            duration_ms,
+            error,
+            stack,
+            logs: completion.logs,
+        };
+        host.apps.record_invocation(&app, &name, &entry);
+    });
+    response
+}
+
+fn invoke_error(e: &InvokeError, duration_ms: u64) -> ApiError {
+    match e {
+        InvokeError::Script(s) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "FUNCTION_ERROR",
+            s.message.clone(),
+        )
+        .fix("see the function's logs (GET /v1/{app}/functions/{name}/logs) for the stack"),
+        InvokeError::Timeout { timeout_ms } => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "FUNCTION_TIMEOUT",
+            format!("the function did not respond within {timeout_ms} ms"),
+        )
+        .fix("make the handler respond sooner, or deploy it with a larger timeoutMs")
+        .with("duration_ms", duration_ms.into()),
+        InvokeError::IsolateGone(message) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "FUNCTION_ERROR",
+            message.clone(),
+        )
+        .fix("retry; the function's isolate is restarted on the next request"),
+    }
+}

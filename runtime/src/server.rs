@@ -1,0 +1,124 @@
+//! The HTTP server: accepts connections, routes each request to the control
+//! API or the data plane, and shuts down gracefully.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::error::ApiError;
+use crate::host::SharedHost;
+use crate::http::{error_response, json, Body};
+
+async fn route(host: SharedHost, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["health"] if req.method() == Method::GET => {
+            json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+        }
+        ["v1", app, "fn", name, ..] => {
+            crate::data_plane::serve_function(&host, req, remote, app, name).await
+        }
+        ["v1", app, rest @ ..] if !rest.is_empty() => {
+            crate::api::handle(&host, req, app, rest).await
+        }
+        _ => error_response(&crate::api::route_not_found(&path)),
+    }
+}
+
+/// Routes one request; a panic becomes a 500 and the host keeps serving.
+async fn handle(
+    host: SharedHost,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    match AssertUnwindSafe(route(host, req, remote))
+        .catch_unwind()
+        .await
+    {
+        Ok(res) => Ok(res),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let id = uuid::Uuid::new_v4();
+            tracing::error!(request_id = %id, %method, %path, "panic while handling a request: {what}");
+            Ok(error_response(&ApiError::internal(format!(
+                "internal error (request id {id})"
+            ))))
+        }
+    }
+}
+
+/// Serves until `shutdown` resolves, then lets open connections finish (up to
+/// 10 s) and flushes every app's data.
+pub async fn serve(
+    host: SharedHost,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let evictor = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            let idle = Duration::from_secs(host.config.isolate_idle_secs);
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                host.apps.dispatcher.pool().evict_idle(idle);
+            }
+        })
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let host = host.clone();
+                let service = service_fn(move |req| handle(host.clone(), req, remote));
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("connection from {remote} ended: {e}");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    evictor.abort();
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections were still open after 10 s");
+    }
+    host.apps.flush_all();
+    Ok(())
+}
