@@ -50,10 +50,13 @@ impl Drop for InFlight {
     }
 }
 
+/// `(app, function)` → its live revision.
+type FunctionTable = HashMap<(String, String), Arc<DeployedFunction>>;
+
 /// Routes invocations to functions.
 #[derive(Clone, Default)]
 pub struct Dispatcher {
-    functions: Arc<RwLock<HashMap<(String, String), Arc<DeployedFunction>>>>,
+    functions: Arc<RwLock<FunctionTable>>,
     pool: IsolatePool,
 }
 

@@ -12,7 +12,7 @@ pub struct ApiError {
     pub message: String,
     pub remediation: Option<String>,
     /// Extra fields merged into the error object (e.g. `duration_ms`).
-    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+    pub extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl ApiError {
@@ -33,7 +33,7 @@ impl ApiError {
 
     pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
         self.extra
-            .get_or_insert_with(serde_json::Map::new)
+            .get_or_insert_with(Default::default)
             .insert(key.to_string(), value);
         self
     }
@@ -63,7 +63,7 @@ impl ApiError {
             error.insert("remediation".into(), r.clone().into());
         }
         if let Some(extra) = &self.extra {
-            for (k, v) in extra {
+            for (k, v) in extra.iter() {
                 error.insert(k.clone(), v.clone());
             }
         }

@@ -1,1 +1,10 @@
+//! End-to-end tests: each starts the real `churn` binary on a free port with a
+//! temporary data directory and talks to it over real HTTP.
 
+mod support;
+
+mod auth;
+mod bodies;
+mod control;
+mod functions;
+mod restart;
