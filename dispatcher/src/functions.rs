@@ -4,8 +4,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use churn_isolates::{FunctionCode, Invocation, IsolatePool, Started};
+use churn_isolates::{AlarmListener, FunctionCode, Invocation, IsolatePool, Started};
 
+use crate::alarms::AlarmScheduler;
+use crate::objects::{self, DeployedObject, ObjectTable};
 use crate::DispatchError;
 
 /// Who may call a function's HTTP trigger.
@@ -44,6 +46,12 @@ impl DeployedFunction {
 /// body is finished).
 pub struct InFlight(Arc<AtomicUsize>);
 
+impl Default for Dispatcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
@@ -53,16 +61,56 @@ impl Drop for InFlight {
 /// `(app, function)` → its live revision.
 type FunctionTable = HashMap<(String, String), Arc<DeployedFunction>>;
 
-/// Routes invocations to functions.
-#[derive(Clone, Default)]
+/// Routes invocations to functions and Durable Object instances.
+#[derive(Clone)]
 pub struct Dispatcher {
     functions: Arc<RwLock<FunctionTable>>,
+    objects: ObjectTable,
     pool: IsolatePool,
+    alarms: Arc<AlarmScheduler>,
 }
 
 impl Dispatcher {
+    /// Starts the alarm scheduler too (call inside a tokio runtime).
     pub fn new() -> Self {
-        Self::default()
+        let objects = ObjectTable::default();
+        let pool = IsolatePool::new();
+        let alarms = Arc::new(AlarmScheduler::start(objects.clone(), pool.clone()));
+        Dispatcher {
+            functions: Arc::default(),
+            objects,
+            pool,
+            alarms,
+        }
+    }
+
+    /// Where Durable Object code reports alarm changes.
+    pub fn alarm_listener(&self) -> Arc<dyn AlarmListener> {
+        self.alarms.clone()
+    }
+
+    /// Makes `object` the live revision of its class; the previous revision's
+    /// instances are evicted (their storage stays).
+    pub fn deploy_object(&self, object: DeployedObject) {
+        objects::deploy(&self.objects, &self.pool, object);
+    }
+
+    pub fn remove_object(&self, app: &str, name: &str) {
+        objects::remove(&self.objects, &self.pool, app, name);
+    }
+
+    pub fn object(&self, app: &str, name: &str) -> Option<Arc<DeployedObject>> {
+        objects::lookup(&self.objects, app, name)
+    }
+
+    /// Delivers a request to one instance and waits for the response head.
+    pub async fn invoke_object(
+        &self,
+        object: &DeployedObject,
+        instance: &str,
+        invocation: Invocation,
+    ) -> Started {
+        objects::invoke(&self.pool, object, instance, invocation).await
     }
 
     pub fn pool(&self) -> &IsolatePool {
@@ -88,7 +136,7 @@ impl Dispatcher {
     pub fn remove(&self, app: &str, name: &str) {
         let mut table = self.functions.write().unwrap_or_else(|p| p.into_inner());
         table.remove(&(app.to_string(), name.to_string()));
-        self.pool.retire(app, name);
+        self.pool.retire(app, name, false);
     }
 
     pub fn get(&self, app: &str, name: &str) -> Option<Arc<DeployedFunction>> {
@@ -111,6 +159,6 @@ impl Dispatcher {
 
     /// Runs `invocation` on `function` and waits for the response head.
     pub async fn invoke(&self, function: &DeployedFunction, invocation: Invocation) -> Started {
-        self.pool.invoke(&function.code, invocation).await
+        self.pool.invoke(&function.code, None, invocation).await
     }
 }

@@ -1,17 +1,21 @@
 //! The data plane: maps a request to the code that serves it.
 //!
-//! It holds the table of live function deployments, checks who the caller is
-//! (end-user JWTs, service keys) against what a trigger requires, enforces
-//! per-function concurrency, and hands the invocation to the isolate pool.
+//! It holds the tables of live function deployments and Durable Object
+//! classes, verifies end-user JWTs, enforces per-function concurrency, fires
+//! Durable Object alarms, and hands each event to the isolate pool.
 //!
 //! It must not know about HTTP server setup or storage engines: `runtime`
 //! parses HTTP into an [`Invocation`] and persists deployments.
 
+mod alarms;
 mod auth;
 mod error;
 mod functions;
+mod objects;
 
+pub use alarms::{AlarmScheduler, FIRST_RETRY_DELAY, MAX_ALARM_RETRIES};
 pub use auth::{mint_user_token, verify_user_token, AuthError, UserClaims};
 pub use churn_isolates::{CallerType, Invocation, IsolatePool, Started};
 pub use error::DispatchError;
 pub use functions::{AuthMode, DeployedFunction, Dispatcher, InFlight};
+pub use objects::{AccessMode, DeployedObject, ObjectUsage};

@@ -1,3 +1,5 @@
-// Entry point of the churn extension: runs once while the snapshot is built.
+// Entry point of the churn extensions: runs once while the snapshot is built.
 import "ext:churn_fn/00_globals.js";
+import "ext:churn_fn/05_http.js";
 import "ext:churn_fn/10_function.js";
+import "ext:churn_fn/20_durable_object.js";

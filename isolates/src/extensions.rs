@@ -23,6 +23,7 @@ pub fn extensions() -> Vec<Extension> {
             user_agent: "churn".to_string(),
             ..Default::default()
         }),
+        crate::ext::do_ops::churn_do::init(),
         crate::ext::fn_ops::churn_fn::init(),
     ]
 }

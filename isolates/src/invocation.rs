@@ -4,6 +4,7 @@
 //! include this file as it is.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -84,19 +85,30 @@ pub struct ScriptError {
 
 /// Where the isolate sends the parts of its answer.
 pub struct Reply {
-    pub head: oneshot::Sender<Result<ResponseHead, ScriptError>>,
+    /// The response head; absent for events that have no response (alarms).
+    pub head: Option<oneshot::Sender<Result<ResponseHead, ScriptError>>>,
     pub done: oneshot::Sender<Completion>,
 }
 
-/// An invocation and the channels its answer goes back on.
+/// What happens to a script.
+#[derive(Debug)]
+pub enum Event {
+    /// An HTTP request (`handler` / a Durable Object's `fetch`).
+    Request(Invocation),
+    /// A Durable Object's alarm fires.
+    Alarm { retry_count: u32 },
+}
+
+/// An event, the Durable Object instance it is for (none for functions), and
+/// the channels its answer goes back on.
 pub struct Job {
-    pub invocation: Invocation,
+    pub instance: Option<String>,
+    pub event: Event,
     pub reply: Reply,
 }
 
-/// A deployed function as the isolate layer needs it: compiled JavaScript and
-/// its environment. `revision` changes whenever any of it does.
-#[derive(Debug)]
+/// Deployed code as the isolate layer needs it: compiled JavaScript and its
+/// environment. `revision` changes whenever any of it does.
 pub struct FunctionCode {
     pub app: String,
     pub name: String,
@@ -105,6 +117,44 @@ pub struct FunctionCode {
     pub js: Arc<str>,
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
+    pub kind: CodeKind,
+    /// CPU time the code's isolate has used, in microseconds (shared across
+    /// revisions by whoever creates them).
+    pub cpu_micros: Arc<AtomicU64>,
+}
+
+/// A function, or a Durable Object class with what its instances need.
+pub enum CodeKind {
+    Function,
+    DurableObject(DurableObjectBinding),
+}
+
+/// The platform side of a Durable Object class.
+#[derive(Clone)]
+pub struct DurableObjectBinding {
+    /// The exported class's name.
+    pub class_name: String,
+    /// Where instances keep their storage (the class's `name` is its namespace).
+    pub store: Arc<dyn churn_storage_kv::DurableStore>,
+    /// Told whenever an instance sets or deletes its alarm.
+    pub alarms: Arc<dyn AlarmListener>,
+    /// Instances with no activity for this long are dropped from memory.
+    pub idle_ms: u64,
+}
+
+/// Learns of alarm changes so that it can fire them on time.
+pub trait AlarmListener: Send + Sync {
+    fn alarm_changed(&self, app: &str, class: &str, instance: &str, at_ms: Option<u64>);
+}
+
+impl std::fmt::Debug for FunctionCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionCode")
+            .field("app", &self.app)
+            .field("name", &self.name)
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Per-function limits.

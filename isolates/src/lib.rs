@@ -12,6 +12,7 @@ mod error;
 mod ext;
 mod extensions;
 mod invocation;
+mod object_source;
 mod pool;
 mod snapshot;
 mod transpile;
@@ -19,8 +20,9 @@ mod worker;
 
 pub use error::{CompileError, InvokeError};
 pub use invocation::{
-    CallerType, Completion, FunctionCode, Invocation, Limits, LogLine, ResponseBody, ResponseHead,
-    ScriptError,
+    AlarmListener, CallerType, CodeKind, Completion, DurableObjectBinding, FunctionCode,
+    Invocation, Limits, LogLine, ResponseBody, ResponseHead, ScriptError,
 };
+pub use object_source::{compile_durable_object, CompiledObject, ObjectSourceError};
 pub use pool::{IsolatePool, Started};
 pub use transpile::compile_function;

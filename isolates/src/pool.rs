@@ -8,10 +8,21 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::InvokeError;
-use crate::invocation::{Completion, FunctionCode, Invocation, Job, Reply, ResponseHead};
+use crate::invocation::{
+    CodeKind, Completion, Event, FunctionCode, Invocation, Job, Reply, ResponseHead,
+};
 use crate::worker::run_isolate;
 
-type Key = (String, String);
+/// `(app, name, is a Durable Object class)`.
+type Key = (String, String, bool);
+
+fn key_of(code: &FunctionCode) -> Key {
+    (
+        code.app.clone(),
+        code.name.clone(),
+        matches!(code.kind, CodeKind::DurableObject(_)),
+    )
+}
 
 struct Entry {
     revision: u64,
@@ -62,7 +73,7 @@ impl IsolatePool {
     }
 
     fn dispatch(&self, code: &Arc<FunctionCode>, job: Job) -> Result<(), InvokeError> {
-        let key = (code.app.clone(), code.name.clone());
+        let key = key_of(code);
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut job = job;
         if let Some(entry) = entries.get_mut(&key) {
@@ -89,13 +100,20 @@ impl IsolatePool {
     }
 
     /// Runs one invocation and waits for the response head (not the body).
-    pub async fn invoke(&self, code: &Arc<FunctionCode>, invocation: Invocation) -> Started {
+    /// `instance` names the Durable Object instance for class code.
+    pub async fn invoke(
+        &self,
+        code: &Arc<FunctionCode>,
+        instance: Option<String>,
+        invocation: Invocation,
+    ) -> Started {
         let (head_tx, head_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let job = Job {
-            invocation,
+            instance,
+            event: Event::Request(invocation),
             reply: Reply {
-                head: head_tx,
+                head: Some(head_tx),
                 done: done_tx,
             },
         };
@@ -120,16 +138,51 @@ impl IsolatePool {
         }
     }
 
-    /// Retires the isolate of one function (it was deleted or redeployed).
-    pub fn retire(&self, app: &str, name: &str) {
+    /// Fires a Durable Object instance's alarm; resolves with how it went.
+    pub async fn alarm(
+        &self,
+        code: &Arc<FunctionCode>,
+        instance: String,
+        retry_count: u32,
+    ) -> Completion {
+        let (done_tx, done_rx) = oneshot::channel();
+        let job = Job {
+            instance: Some(instance),
+            event: Event::Alarm { retry_count },
+            reply: Reply {
+                head: None,
+                done: done_tx,
+            },
+        };
+        if let Err(e) = self.dispatch(code, job) {
+            return Completion {
+                logs: Vec::new(),
+                error: Some(crate::ScriptError {
+                    message: e.to_string(),
+                    stack: None,
+                }),
+            };
+        }
+        done_rx.await.unwrap_or_else(|_| Completion {
+            logs: Vec::new(),
+            error: Some(crate::ScriptError {
+                message: "the isolate stopped before the alarm finished".to_string(),
+                stack: None,
+            }),
+        })
+    }
+
+    /// Retires the isolate of one function or class (deleted or redeployed):
+    /// it finishes the events it has, then exits.
+    pub fn retire(&self, app: &str, name: &str, durable_object: bool) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.remove(&(app.to_string(), name.to_string()));
+        entries.remove(&(app.to_string(), name.to_string(), durable_object));
     }
 
     /// Retires every isolate of an app.
     pub fn retire_app(&self, app: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.retain(|(a, _), _| a != app);
+        entries.retain(|(a, _, _), _| a != app);
     }
 
     /// Retires isolates that served nothing for `max_idle`.

@@ -15,7 +15,7 @@ use deno_ast::{
 
 use crate::error::CompileError;
 
-fn syntax_error(d: &ParseDiagnostic) -> CompileError {
+pub(crate) fn syntax_error(d: &ParseDiagnostic) -> CompileError {
     let pos = d.display_position();
     CompileError::Syntax {
         line: pos.line_number,
@@ -24,7 +24,7 @@ fn syntax_error(d: &ParseDiagnostic) -> CompileError {
     }
 }
 
-fn parse(source: &str) -> Result<ParsedSource, CompileError> {
+pub(crate) fn parse(source: &str) -> Result<ParsedSource, CompileError> {
     let specifier = ModuleSpecifier::parse("file:///function.ts")
         .map_err(|e| CompileError::Transpile(e.to_string()))?;
     let parsed = deno_ast::parse_module(ParseParams {
@@ -42,7 +42,7 @@ fn parse(source: &str) -> Result<ParsedSource, CompileError> {
     Ok(parsed)
 }
 
-fn export_name(name: &ModuleExportName) -> String {
+pub(crate) fn export_name(name: &ModuleExportName) -> String {
     match name {
         ModuleExportName::Ident(ident) => ident.sym.to_string(),
         ModuleExportName::Str(s) => s.value.to_string_lossy().to_string(),
@@ -134,6 +134,11 @@ fn check_function_module(parsed: &ParsedSource) -> Result<(), CompileError> {
 pub fn compile_function(source: &str) -> Result<String, CompileError> {
     let parsed = parse(source)?;
     check_function_module(&parsed)?;
+    emit(parsed)
+}
+
+/// Transpiles checked source to JavaScript (types stripped, inline source map).
+pub(crate) fn emit(parsed: ParsedSource) -> Result<String, CompileError> {
     let emitted = parsed
         .transpile(
             &TranspileOptions::default(),

@@ -2,6 +2,7 @@
 //! loads the user's module, then serves requests until its job channel closes.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use deno_core::{
@@ -9,18 +10,34 @@ use deno_core::{
 };
 use tokio::sync::mpsc;
 
+use crate::ext::do_ops::DoContext;
 use crate::ext::fn_ops::{FnConfig, FnInbox};
-use crate::invocation::{FunctionCode, Job};
+use crate::invocation::{CodeKind, FunctionCode, Job};
 use crate::snapshot::{RESIDUAL_LAZY_ESM, RESIDUAL_LAZY_JS, SNAPSHOT};
 
 const USER_SPECIFIER: &str = "churn:user";
 const MAIN_SPECIFIER: &str = "churn:main";
+const WORKERS_SPECIFIER: &str = "cloudflare:workers";
 
-/// The entry module: takes the start function off the global before any user
-/// code runs, then imports the user's module through it.
-const MAIN_MODULE: &str = r#"const start = globalThis.__churnStart;
-delete globalThis.__churnStart;
+/// The entry module of a function isolate: takes the start function off the
+/// global before any user code runs, then imports the user's module through it.
+const FUNCTION_MAIN: &str = r#"const start = globalThis.__churnStart;
 await start(() => import("churn:user"));
+"#;
+
+/// The entry module of a Durable Object class isolate.
+const DURABLE_OBJECT_MAIN: &str = r#"const start = globalThis.__churnDoStart;
+await start(() => import("churn:user"));
+"#;
+
+/// `cloudflare:workers`, the one module Durable Object code may import.
+const CLOUDFLARE_WORKERS: &str = r#"export class DurableObject {
+  constructor(ctx, env) { this.ctx = ctx; this.env = env; }
+}
+export class WorkerEntrypoint {
+  constructor(ctx, env) { this.ctx = ctx; this.env = env; }
+}
+export class RpcTarget {}
 "#;
 
 fn specifier(s: &str) -> Result<ModuleSpecifier, String> {
@@ -37,7 +54,14 @@ fn permissions() -> deno_permissions::PermissionsContainer {
 }
 
 fn new_runtime(code: &FunctionCode) -> Result<JsRuntime, String> {
-    let loader = StaticModuleLoader::with(specifier(USER_SPECIFIER)?, code.js.to_string());
+    let mut modules = vec![(specifier(USER_SPECIFIER)?, code.js.to_string())];
+    if matches!(code.kind, CodeKind::DurableObject(_)) {
+        modules.push((
+            specifier(WORKERS_SPECIFIER)?,
+            CLOUDFLARE_WORKERS.to_string(),
+        ));
+    }
+    let loader = StaticModuleLoader::new(modules);
     let heap_max = (code.limits.memory_limit_mb as usize).saturating_mul(1024 * 1024);
     let runtime = JsRuntime::try_new(RuntimeOptions {
         module_loader: Some(Rc::new(loader)),
@@ -55,12 +79,18 @@ fn new_runtime(code: &FunctionCode) -> Result<JsRuntime, String> {
 /// Runs one isolate to completion on the current thread. Jobs that arrive
 /// while it cannot serve are answered with an error.
 pub async fn run_isolate(code: Arc<FunctionCode>, jobs: mpsc::UnboundedReceiver<Job>) {
+    let (class_name, idle_ms) = match &code.kind {
+        CodeKind::Function => (None, 0),
+        CodeKind::DurableObject(b) => (Some(b.class_name.clone()), b.idle_ms),
+    };
     let inbox = FnInbox::new(
         jobs,
         FnConfig {
             env: code.env.clone(),
             function_name: code.name.clone(),
             wait_until_ms: code.limits.wait_until_ms,
+            class_name,
+            idle_ms,
         },
     );
     let result = serve(&code, inbox.clone()).await;
@@ -78,6 +108,14 @@ async fn serve(code: &FunctionCode, inbox: Rc<FnInbox>) -> Result<(), String> {
         let mut state = state.borrow_mut();
         state.put(inbox.clone());
         state.put(permissions());
+        if let CodeKind::DurableObject(binding) = &code.kind {
+            state.put(Rc::new(DoContext {
+                app: code.app.clone(),
+                class: code.name.clone(),
+                store: binding.store.clone(),
+                alarms: binding.alarms.clone(),
+            }));
+        }
     }
     let handle = runtime.v8_isolate().thread_safe_handle();
     runtime.add_near_heap_limit_callback(move |current, _initial| {
@@ -89,7 +127,13 @@ async fn serve(code: &FunctionCode, inbox: Rc<FnInbox>) -> Result<(), String> {
 
     let main = specifier(MAIN_SPECIFIER)?;
     let id = runtime
-        .load_main_es_module_from_code(&main, MAIN_MODULE)
+        .load_main_es_module_from_code(
+            &main,
+            match code.kind {
+                CodeKind::Function => FUNCTION_MAIN,
+                CodeKind::DurableObject(_) => DURABLE_OBJECT_MAIN,
+            },
+        )
         .await
         .map_err(|e| e.to_string())?;
     let evaluation = runtime.mod_evaluate(id);
@@ -97,10 +141,18 @@ async fn serve(code: &FunctionCode, inbox: Rc<FnInbox>) -> Result<(), String> {
         .with_event_loop_promise(Box::pin(evaluation), PollEventLoopOptions::default())
         .await
         .map_err(|e| e.to_string())?;
-    runtime
-        .run_event_loop(PollEventLoopOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
+    // Serve until the job channel closes, counting the CPU time spent in JS.
+    let cpu = code.cpu_micros.clone();
+    std::future::poll_fn(|cx| {
+        let started = cpu_time::ThreadTime::try_now().ok();
+        let result = runtime.poll_event_loop(cx, PollEventLoopOptions::default());
+        if let Some(spent) = started.and_then(|t| t.try_elapsed().ok()) {
+            cpu.fetch_add(spent.as_micros() as u64, Ordering::Relaxed);
+        }
+        result
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     if inbox.in_flight() > 0 {
         inbox.fail_all("the isolate's event loop ended before the request finished");
     }

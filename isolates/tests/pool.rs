@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use churn_isolates::{
-    compile_function, CallerType, FunctionCode, Invocation, InvokeError, IsolatePool, Limits,
+    compile_function, CallerType, CodeKind, FunctionCode, Invocation, InvokeError, IsolatePool,
+    Limits,
 };
 
 fn code(src: &str, revision: u64) -> Arc<FunctionCode> {
@@ -18,6 +19,8 @@ fn code(src: &str, revision: u64) -> Arc<FunctionCode> {
         js: js.into(),
         env,
         limits: Limits::default(),
+        kind: CodeKind::Function,
+        cpu_micros: Default::default(),
     })
 }
 
@@ -55,7 +58,7 @@ async fn runs_a_handler_with_ctx() {
         }"#,
         1,
     );
-    let mut started = pool.invoke(&f, get("http://h/v1/app1/fn/f/x")).await;
+    let mut started = pool.invoke(&f, None, get("http://h/v1/app1/fn/f/x")).await;
     assert_eq!(started.head.as_ref().map(|h| h.status).ok(), Some(200));
     let body = body_of(&mut started).await;
     assert_eq!(
@@ -72,7 +75,7 @@ async fn runs_a_handler_with_ctx() {
 async fn throwing_handler_is_a_script_error() {
     let pool = IsolatePool::new();
     let f = code("export function handler() { throw new Error('boom'); }", 1);
-    let started = pool.invoke(&f, get("http://h/")).await;
+    let started = pool.invoke(&f, None, get("http://h/")).await;
     match started.head {
         Err(InvokeError::Script(e)) => assert_eq!(e.message, "boom"),
         Err(other) => panic!("unexpected {other:?}"),
@@ -85,6 +88,6 @@ async fn throwing_handler_is_a_script_error() {
         "export function handler() { return new Response('ok'); }",
         2,
     );
-    let mut started = pool.invoke(&f2, get("http://h/")).await;
+    let mut started = pool.invoke(&f2, None, get("http://h/")).await;
     assert_eq!(body_of(&mut started).await, "ok");
 }

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use churn_dispatcher::{AuthMode, DeployedFunction, Dispatcher};
-use churn_isolates::{FunctionCode, Limits};
-use churn_storage_kv::{KvError, KvStore, Tree};
+use churn_dispatcher::{
+    AccessMode, AuthMode, DeployedFunction, DeployedObject, Dispatcher, ObjectUsage,
+};
+use churn_isolates::{CodeKind, DurableObjectBinding, FunctionCode, Limits};
+use churn_storage_kv::{DurableStore, KvError, KvStore, SledDurableStore, Tree};
 use rand::RngCore;
 
-use crate::records::{AppRecord, FunctionRecord, LogEntry, Stats};
+use crate::records::{AppRecord, FunctionRecord, LogEntry, ObjectRecord, ObjectUsageRecord, Stats};
 
 /// Every change to code or env gets a new revision, so isolates never serve
 /// stale code or env.
@@ -19,6 +21,11 @@ static REVISION: AtomicU64 = AtomicU64::new(1);
 
 pub struct App {
     pub id: String,
+    /// Durable Object storage of every class of the app.
+    pub durable: Arc<SledDurableStore>,
+    objects: Tree,
+    object_usage: Tree,
+    usage: Mutex<HashMap<String, Arc<ObjectUsage>>>,
     kv: KvStore,
     meta: Tree,
     functions: Tree,
@@ -36,6 +43,16 @@ pub struct Apps {
     pub dispatcher: Dispatcher,
     max_concurrency: usize,
     logs_per_function: usize,
+    object_idle_ms: u64,
+    object_timeout_ms: u64,
+}
+
+/// Limits and timings the registry applies to what it publishes.
+pub struct RegistryOptions {
+    pub max_concurrency: usize,
+    pub logs_per_function: usize,
+    pub object_idle_ms: u64,
+    pub object_timeout_ms: u64,
 }
 
 fn new_secret() -> String {
@@ -76,6 +93,7 @@ impl App {
                     trusted_jwt_secret: None,
                     created_at: now_rfc3339(),
                     env: BTreeMap::new(),
+                    do_env: BTreeMap::new(),
                 };
                 meta.put_durable(b"app", &r)?;
                 r
@@ -83,6 +101,10 @@ impl App {
         };
         Ok(App {
             id: id.to_string(),
+            durable: SledDurableStore::new(kv.db().clone()),
+            objects: kv.tree("objects")?,
+            object_usage: kv.tree("object_usage")?,
+            usage: Mutex::new(HashMap::new()),
             functions: kv.tree("functions")?,
             stats: kv.tree("stats")?,
             logs: kv.tree("logs")?,
@@ -146,6 +168,53 @@ impl App {
         Ok(self.stats.get(name.as_bytes())?.unwrap_or_default())
     }
 
+    pub fn object(&self, name: &str) -> Result<Option<ObjectRecord>, KvError> {
+        self.objects.get(name.as_bytes())
+    }
+
+    pub fn objects(&self) -> Result<Vec<ObjectRecord>, KvError> {
+        Ok(self
+            .objects
+            .scan_prefix::<ObjectRecord>(b"")?
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect())
+    }
+
+    /// The live usage counters of a class (loaded from disk the first time).
+    pub fn usage(&self, name: &str) -> Arc<ObjectUsage> {
+        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        usage
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                let stored: ObjectUsageRecord = self
+                    .object_usage
+                    .get(name.as_bytes())
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                let u = ObjectUsage::default();
+                u.requests.store(stored.do_requests, Ordering::Relaxed);
+                u.cpu_micros.store(stored.do_cpu_micros, Ordering::Relaxed);
+                Arc::new(u)
+            })
+            .clone()
+    }
+
+    /// Writes the usage counters to disk.
+    pub fn persist_usage(&self) {
+        let usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, u) in usage.iter() {
+            let record = ObjectUsageRecord {
+                do_requests: u.requests.load(Ordering::Relaxed),
+                do_cpu_micros: u.cpu_micros.load(Ordering::Relaxed),
+            };
+            if let Err(e) = self.object_usage.put(name.as_bytes(), &record) {
+                tracing::error!(app = %self.id, "cannot store usage: {e}");
+            }
+        }
+    }
+
     pub fn logs(&self, name: &str, limit: usize) -> Result<Vec<LogEntry>, KvError> {
         Ok(self
             .logs
@@ -158,11 +227,7 @@ impl App {
 
 impl Apps {
     /// Opens every app under `<data>/apps` and makes its functions live.
-    pub fn open(
-        data_dir: &std::path::Path,
-        max_concurrency: usize,
-        logs_per_function: usize,
-    ) -> Result<Self, KvError> {
+    pub fn open(data_dir: &std::path::Path, options: RegistryOptions) -> Result<Self, KvError> {
         let root = data_dir.join("apps");
         std::fs::create_dir_all(&root).map_err(|e| KvError::Sled(e.into()))?;
         let apps = Apps {
@@ -170,8 +235,10 @@ impl Apps {
             apps: RwLock::new(HashMap::new()),
             create_lock: Mutex::new(()),
             dispatcher: Dispatcher::new(),
-            max_concurrency,
-            logs_per_function,
+            max_concurrency: options.max_concurrency,
+            logs_per_function: options.logs_per_function,
+            object_idle_ms: options.object_idle_ms,
+            object_timeout_ms: options.object_timeout_ms,
         };
         let entries = std::fs::read_dir(&root).map_err(|e| KvError::Sled(e.into()))?;
         for entry in entries.flatten() {
@@ -184,6 +251,13 @@ impl Apps {
             let app = Arc::new(App::open(entry.path(), &id)?);
             for f in app.functions()? {
                 apps.publish(&app, &f);
+            }
+            for o in app.objects()? {
+                apps.publish_object(&app, &o);
+                let listener = apps.dispatcher.alarm_listener();
+                for (instance, at) in app.durable.alarms(&o.name)? {
+                    listener.alarm_changed(&app.id, &o.name, &instance, Some(at));
+                }
             }
             apps.apps
                 .write()
@@ -233,6 +307,8 @@ impl Apps {
                 memory_limit_mb: f.memory_limit_mb,
                 ..Limits::default()
             },
+            kind: CodeKind::Function,
+            cpu_micros: Default::default(),
         };
         let http_auth = f.triggers.iter().find(|t| t.kind == "http").map(|t| {
             match t.config.get("auth").and_then(|a| a.as_str()) {
@@ -245,6 +321,64 @@ impl Apps {
             http_auth,
             self.max_concurrency,
         ));
+    }
+
+    /// Makes a Durable Object class live (evicting the previous revision's
+    /// instances).
+    pub fn publish_object(&self, app: &App, o: &ObjectRecord) {
+        let usage = app.usage(&o.name);
+        let code = FunctionCode {
+            app: app.id.clone(),
+            name: o.name.clone(),
+            revision: REVISION.fetch_add(1, Ordering::Relaxed),
+            js: o.js.as_str().into(),
+            env: app.record().do_env,
+            limits: Limits {
+                timeout_ms: self.object_timeout_ms,
+                ..Limits::default()
+            },
+            kind: CodeKind::DurableObject(DurableObjectBinding {
+                class_name: o.class_name.clone(),
+                store: app.durable.clone(),
+                alarms: self.dispatcher.alarm_listener(),
+                idle_ms: self.object_idle_ms,
+            }),
+            cpu_micros: usage.cpu_micros.clone(),
+        };
+        let access = AccessMode::parse(&o.access_mode).unwrap_or(AccessMode::Authenticated);
+        self.dispatcher.deploy_object(DeployedObject {
+            code: Arc::new(code),
+            access,
+            usage,
+        });
+    }
+
+    pub fn save_object(&self, app: &App, o: &ObjectRecord) -> Result<(), KvError> {
+        app.objects.put_durable(o.name.as_bytes(), o)?;
+        self.publish_object(app, o);
+        Ok(())
+    }
+
+    /// Deletes a class and, irreversibly, every instance's storage.
+    pub fn delete_object(&self, app: &App, name: &str) -> Result<bool, KvError> {
+        self.dispatcher.remove_object(&app.id, name);
+        let existed = app.objects.delete(name.as_bytes())?;
+        app.durable.drop_class(name)?;
+        app.object_usage.delete(name.as_bytes())?;
+        app.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        app.kv.flush()?;
+        Ok(existed)
+    }
+
+    /// Re-publishes every class of the app (its Durable Object env changed).
+    pub fn republish_objects(&self, app: &App) -> Result<(), KvError> {
+        for o in app.objects()? {
+            self.publish_object(app, &o);
+        }
+        Ok(())
     }
 
     /// Stores `f` durably, then makes it live.
@@ -318,9 +452,17 @@ impl Apps {
         }
     }
 
+    /// Writes every app's usage counters to disk.
+    pub fn persist_usage(&self) {
+        for app in self.apps.read().unwrap_or_else(|p| p.into_inner()).values() {
+            app.persist_usage();
+        }
+    }
+
     /// Flushes every app's data to disk (at shutdown).
     pub fn flush_all(&self) {
         for app in self.apps.read().unwrap_or_else(|p| p.into_inner()).values() {
+            app.persist_usage();
             if let Err(e) = app.kv.flush() {
                 tracing::error!(app = %app.id, "flush failed: {e}");
             }

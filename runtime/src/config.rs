@@ -21,6 +21,12 @@ pub struct Config {
     pub isolate_idle_secs: u64,
     /// Log entries kept per function.
     pub logs_per_function: usize,
+    /// Apps are also reached as `<app_id>.<domain>` (e.g. `churn.localhost`).
+    pub domain: Option<String>,
+    /// Durable Object instances idle this long are evicted from memory.
+    pub object_idle_ms: u64,
+    /// Longest a Durable Object event may take to answer.
+    pub object_event_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -35,6 +41,9 @@ impl Default for Config {
             max_concurrency: 100,
             isolate_idle_secs: 900,
             logs_per_function: 500,
+            domain: None,
+            object_idle_ms: 70_000,
+            object_event_timeout_ms: 30_000,
         }
     }
 }
@@ -52,6 +61,9 @@ pub struct ConfigFile {
     pub max_concurrency: Option<usize>,
     pub isolate_idle_secs: Option<u64>,
     pub logs_per_function: Option<usize>,
+    pub domain: Option<String>,
+    pub object_idle_ms: Option<u64>,
+    pub object_event_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +126,9 @@ impl ConfigFile {
             max_concurrency: parse(&vars, "CHURN_MAX_CONCURRENCY")?,
             isolate_idle_secs: parse(&vars, "CHURN_ISOLATE_IDLE_SECS")?,
             logs_per_function: parse(&vars, "CHURN_LOGS_PER_FUNCTION")?,
+            domain: vars("CHURN_DOMAIN"),
+            object_idle_ms: parse(&vars, "CHURN_OBJECT_IDLE_MS")?,
+            object_event_timeout_ms: parse(&vars, "CHURN_OBJECT_EVENT_TIMEOUT_MS")?,
         })
     }
 }
@@ -132,10 +147,15 @@ impl Config {
             default_memory_limit_mb,
             max_concurrency,
             isolate_idle_secs,
-            logs_per_function
+            logs_per_function,
+            object_idle_ms,
+            object_event_timeout_ms
         );
         if layer.public_url.is_some() {
             self.public_url = layer.public_url;
+        }
+        if layer.domain.is_some() {
+            self.domain = layer.domain;
         }
         self
     }

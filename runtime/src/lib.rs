@@ -13,6 +13,7 @@ mod error;
 mod host;
 mod http;
 mod keys;
+mod object_plane;
 mod records;
 mod run;
 mod server;
@@ -53,8 +54,12 @@ pub fn open_host(
     };
     let apps = apps::Apps::open(
         &config.data_dir,
-        config.max_concurrency,
-        config.logs_per_function,
+        apps::RegistryOptions {
+            max_concurrency: config.max_concurrency,
+            logs_per_function: config.logs_per_function,
+            object_idle_ms: config.object_idle_ms,
+            object_timeout_ms: config.object_event_timeout_ms,
+        },
     )?;
     let public_base = config.public_base(bound);
     Ok((

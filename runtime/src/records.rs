@@ -18,6 +18,31 @@ pub struct AppRecord {
     /// App-wide env vars (function vars override them).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Durable Object env vars, shared by every class of the app.
+    #[serde(default)]
+    pub do_env: BTreeMap<String, String>,
+}
+
+/// A deployed Durable Object class.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    pub id: String,
+    pub name: String,
+    pub class_name: String,
+    pub code: String,
+    pub js: String,
+    pub access_mode: String,
+    pub status: String,
+    pub error_message: Option<String>,
+    pub created_at: String,
+    pub last_deployed_at: String,
+}
+
+/// What a class has used, persisted across restarts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ObjectUsageRecord {
+    pub do_requests: u64,
+    pub do_cpu_micros: u64,
 }
 
 /// A trigger as deployed: `{type, config}`.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use churn_dispatcher::{DeployedFunction, DispatchError, Invocation};
-use churn_isolates::{Completion, InvokeError, ResponseBody};
+use churn_isolates::{Completion, InvokeError, ResponseBody, ResponseHead};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::header::{HeaderName, HeaderValue};
@@ -63,6 +63,25 @@ fn stream_body(first: Option<Bytes>, rx: ResponseBody) -> Body {
     StreamBody::new(stream).boxed()
 }
 
+/// The HTTP response for a script's response head and body.
+pub fn to_response(head: ResponseHead) -> Response<Body> {
+    let mut res = Response::new(into_body(head.body));
+    *res.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::OK);
+    let headers = res.headers_mut();
+    for (name, value) in head.headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) else {
+            continue;
+        };
+        if !is_framing_header(&name) {
+            headers.append(name, value);
+        }
+    }
+    res
+}
+
 /// What the caller needs to know to record an invocation.
 pub struct RunInfo {
     pub trigger: &'static str,
@@ -101,21 +120,8 @@ pub async fn run_function(
 
     let (response, status, head_error) = match started.head {
         Ok(head) => {
-            let mut res = Response::new(into_body(head.body));
-            *res.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::OK);
-            let headers = res.headers_mut();
-            for (name, value) in head.headers {
-                let (Ok(name), Ok(value)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(&value),
-                ) else {
-                    continue;
-                };
-                if !is_framing_header(&name) {
-                    headers.append(name, value);
-                }
-            }
-            (res, head.status, None)
+            let status = head.status;
+            (to_response(head), status, None)
         }
         Err(e) => {
             let api = invoke_error(&e, duration_ms);
@@ -163,7 +169,7 @@ pub async fn run_function(
     response
 }
 
-fn invoke_error(e: &InvokeError, duration_ms: u64) -> ApiError {
+pub fn invoke_error(e: &InvokeError, duration_ms: u64) -> ApiError {
     match e {
         InvokeError::Script(s) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

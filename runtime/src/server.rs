@@ -20,10 +20,37 @@ use crate::error::ApiError;
 use crate::host::SharedHost;
 use crate::http::{error_response, json, Body};
 
+/// The app named by the Host header, when it is `<app>.<domain>`.
+fn app_from_host(host: &SharedHost, req: &Request<Incoming>) -> Option<String> {
+    let domain = host.config.domain.as_deref()?;
+    let value = req.headers().get(hyper::header::HOST)?.to_str().ok()?;
+    let name = value.split(':').next()?;
+    let app = name.strip_suffix(domain)?.strip_suffix('.')?;
+    crate::validate::is_app_id(app).then(|| app.to_string())
+}
+
+/// The path after the first `skip` segments, with its leading slash.
+fn tail(path: &str, skip: usize) -> &str {
+    let mut rest = path;
+    for _ in 0..skip {
+        rest = rest.trim_start_matches('/');
+        rest = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
+    }
+    rest
+}
+
 async fn route(host: SharedHost, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let (Some(app), ["_do", name, id, ..]) = (app_from_host(&host, &req), segments.as_slice()) {
+        let rest = tail(&path, 3);
+        return crate::object_plane::serve_object(&host, req, remote, &app, name, id, rest).await;
+    }
     match segments.as_slice() {
+        ["v1", app, "_do", name, id, ..] => {
+            let rest = tail(&path, 5);
+            crate::object_plane::serve_object(&host, req, remote, app, name, id, rest).await
+        }
         ["health"] if req.method() == Method::GET => {
             json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
         }
@@ -82,6 +109,7 @@ pub async fn serve(
             loop {
                 tick.tick().await;
                 host.apps.dispatcher.pool().evict_idle(idle);
+                host.apps.persist_usage();
             }
         })
     };

@@ -42,6 +42,11 @@ impl KvStore {
         })
     }
 
+    /// The underlying sled database (for the Durable Object store).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), KvError> {
         self.db.flush()?;

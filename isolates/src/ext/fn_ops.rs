@@ -10,11 +10,11 @@ use bytes::Bytes;
 use deno_core::{op2, OpState, ToJsBuffer};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::invocation::{Completion, Job, LogLine, ResponseHead, ScriptError};
+use crate::invocation::{Completion, Event, Job, LogLine, ResponseHead, ScriptError};
 
 deno_core::extension!(
     churn_fn,
-    deps = [deno_webidl, deno_web, deno_crypto, deno_fetch],
+    deps = [deno_webidl, deno_web, deno_crypto, deno_fetch, churn_do],
     ops = [
         op_fn_next_request,
         op_fn_config,
@@ -25,7 +25,14 @@ deno_core::extension!(
         op_fn_done,
     ],
     esm_entry_point = "ext:churn_fn/99_bootstrap.js",
-    esm = [dir "js", "00_globals.js", "10_function.js", "99_bootstrap.js"],
+    esm = [
+        dir "js",
+        "00_globals.js",
+        "05_http.js",
+        "10_function.js",
+        "20_durable_object.js",
+        "99_bootstrap.js"
+    ],
 );
 
 /// How many body chunks may wait between the isolate and a slow client.
@@ -48,6 +55,9 @@ pub struct FnConfig {
     pub env: BTreeMap<String, String>,
     pub function_name: String,
     pub wait_until_ms: u64,
+    /// For Durable Objects: the exported class and the idle eviction time.
+    pub class_name: Option<String>,
+    pub idle_ms: u64,
 }
 
 struct Pending {
@@ -104,7 +114,9 @@ impl FnInbox {
                 message: message.to_string(),
                 stack: None,
             };
-            let _ = job.reply.head.send(Err(error.clone()));
+            if let Some(head) = job.reply.head {
+                let _ = head.send(Err(error.clone()));
+            }
             let _ = job.reply.done.send(Completion {
                 logs: Vec::new(),
                 error: Some(error),
@@ -124,11 +136,16 @@ fn inbox(state: &OpState) -> Rc<FnInbox> {
     state.borrow::<Rc<FnInbox>>().clone()
 }
 
-/// A request as the script receives it.
-#[derive(serde::Serialize)]
+/// An event as the script receives it: a request, or (for Durable Objects)
+/// an alarm.
+#[derive(serde::Serialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct JsRequest {
     id: u32,
+    kind: &'static str,
+    /// The Durable Object instance the event is for.
+    instance: Option<String>,
+    retry_count: u32,
     method: String,
     url: String,
     headers: Vec<(String, String)>,
@@ -147,17 +164,33 @@ async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
     let mut jobs = inbox.jobs.borrow_mut().take()?;
     let job = jobs.recv().await;
     *inbox.jobs.borrow_mut() = Some(jobs);
-    let Job { invocation, reply } = job?;
+    let Job {
+        instance,
+        event,
+        reply,
+    } = job?;
     let id = inbox.allocate_id();
     inbox.pending.borrow_mut().insert(
         id,
         Pending {
-            head: Some(reply.head),
+            head: reply.head,
             body: None,
             done: reply.done,
             logs: Vec::new(),
         },
     );
+    let invocation = match event {
+        Event::Request(invocation) => invocation,
+        Event::Alarm { retry_count } => {
+            return Some(JsRequest {
+                id,
+                kind: "alarm",
+                instance,
+                retry_count,
+                ..Default::default()
+            })
+        }
+    };
     let body = if invocation.body.is_empty() && matches!(invocation.method.as_str(), "GET" | "HEAD")
     {
         None
@@ -166,6 +199,9 @@ async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
     };
     Some(JsRequest {
         id,
+        kind: "request",
+        instance,
+        retry_count: 0,
         method: invocation.method,
         url: invocation.url,
         headers: invocation.headers,

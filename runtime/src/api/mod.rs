@@ -3,6 +3,7 @@
 
 mod app;
 mod functions;
+mod objects;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -82,6 +83,23 @@ async fn route(
         (["auth", "jwt-secret"], &Method::POST) => app::rotate_secret(host, app_id),
         (["auth", "jwt-secret"], &Method::PUT) => app::trust_secret(host, req, app_id).await,
         (["auth", "jwt-secret"], _) => Err(method_not_allowed("POST, PUT")),
+        (["durable-objects"], &Method::POST) => objects::deploy(host, req, app_id).await,
+        (["durable-objects"], &Method::GET) => objects::list(host, app_id),
+        (["durable-objects"], _) => Err(method_not_allowed("GET, POST")),
+        (["durable-objects", "env"], &Method::GET) => objects::env_keys(host, app_id),
+        (["durable-objects", "env"], _) => Err(method_not_allowed("GET")),
+        (["durable-objects", "env", key], &Method::PUT) => {
+            objects::put_env(host, req, app_id, key).await
+        }
+        (["durable-objects", "env", key], &Method::DELETE) => {
+            objects::delete_env(host, app_id, key)
+        }
+        (["durable-objects", "env", _], _) => Err(method_not_allowed("PUT, DELETE")),
+        (["durable-objects", name], &Method::GET) => objects::get(host, app_id, name),
+        (["durable-objects", name], &Method::DELETE) => objects::delete(host, app_id, name),
+        (["durable-objects", _], _) => Err(method_not_allowed("GET, DELETE")),
+        (["durable-objects", name, "usage"], &Method::GET) => objects::usage(host, app_id, name),
+        (["durable-objects", _, "usage"], _) => Err(method_not_allowed("GET")),
         (["auth", "tokens"], &Method::POST) => app::mint_token(host, req, app_id).await,
         (["auth", "tokens"], _) => Err(method_not_allowed("POST")),
         _ => Err(route_not_found(&path)),

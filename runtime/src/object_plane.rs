@@ -1,0 +1,169 @@
+//! `/_do/<name>/<id>[/*rest]` (on `<app>.<domain>`) and
+//! `/v1/<app>/_do/<name>/<id>[/*rest]`: checks the class's access mode and
+//! delivers the request to the instance.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use churn_dispatcher::{AccessMode, CallerType, Invocation};
+use hyper::body::Incoming;
+use hyper::header::HOST;
+use hyper::{Request, Response, StatusCode};
+
+use crate::data_plane::identify;
+use crate::error::ApiError;
+use crate::host::SharedHost;
+use crate::http::{bearer, error_response, read_body, Body};
+use crate::run::{invoke_error, to_response};
+
+/// Longest instance id, in bytes.
+const MAX_INSTANCE_ID: usize = 256;
+
+fn not_found(app: &str, name: &str) -> ApiError {
+    ApiError::not_found(
+        "DURABLE_OBJECT_NOT_FOUND",
+        format!("no Durable Object class {name:?} in app {app:?}"),
+    )
+    .fix("deploy it with POST /v1/{app}/durable-objects, or check the URL")
+}
+
+/// The `token` query parameter (browsers cannot set headers on WebSockets).
+pub fn query_token(query: Option<&str>) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "token").then(|| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// Serves one request for instance `id` of class `name`; `tail` is the path
+/// after the id (the instance sees it as its URL path).
+pub async fn serve_object(
+    host: &SharedHost,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    app_id: &str,
+    name: &str,
+    id: &str,
+    tail: &str,
+) -> Response<Body> {
+    match serve(host, req, remote, app_id, name, id, tail).await {
+        Ok(res) => res,
+        Err(e) => error_response(&e),
+    }
+}
+
+fn decode_id(raw: &str) -> Result<String, ApiError> {
+    let id = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::invalid("the instance id is not valid UTF-8"))?
+        .into_owned();
+    if id.is_empty() || id.len() > MAX_INSTANCE_ID || id.contains('\0') {
+        return Err(ApiError::invalid(format!(
+            "instance ids are 1 to {MAX_INSTANCE_ID} bytes with no NUL"
+        )));
+    }
+    Ok(id)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    host: &SharedHost,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    app_id: &str,
+    name: &str,
+    raw_id: &str,
+    tail: &str,
+) -> Result<Response<Body>, ApiError> {
+    let app = host
+        .apps
+        .get(app_id)
+        .ok_or_else(|| not_found(app_id, name))?;
+    let object = host
+        .apps
+        .dispatcher
+        .object(app_id, name)
+        .ok_or_else(|| not_found(app_id, name))?;
+    let id = decode_id(raw_id)?;
+
+    let from_query = query_token(req.uri().query());
+    let token = bearer(req.headers()).map(str::to_string).or(from_query);
+    let (caller, user_id, auth_error) = identify(host, &app, token.as_deref());
+    let allowed = match object.access {
+        AccessMode::Public => true,
+        AccessMode::Authenticated => caller != CallerType::Anonymous,
+        AccessMode::ServiceKey => caller == CallerType::ServiceKey,
+    };
+    if !allowed {
+        let why = match (object.access, auth_error) {
+            (_, Some(e)) => format!("the token was refused: {e}"),
+            (AccessMode::ServiceKey, None) => {
+                "this Durable Object accepts service keys only".to_string()
+            }
+            _ => "this Durable Object requires a signed-in user".to_string(),
+        };
+        return Err(
+            ApiError::new(StatusCode::UNAUTHORIZED, "AUTH_REQUIRED", why)
+                .fix("send Authorization: Bearer <token> (or ?token=<token> for WebSockets)"),
+        );
+    }
+
+    let (parts, body) = req.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| host.public_base.trim_start_matches("http://").to_string());
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let path = if tail.is_empty() { "/" } else { tail };
+    let url = format!("http://{authority}{path}{query}");
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = read_body(body, host.config.max_body_bytes).await?;
+    let invocation = Invocation {
+        method: parts.method.as_str().to_string(),
+        url,
+        headers,
+        body,
+        user_id,
+        caller,
+        request_id: uuid::Uuid::new_v4().to_string(),
+        ip: remote.ip().to_string(),
+    };
+    let started_at = Instant::now();
+    let started = host
+        .apps
+        .dispatcher
+        .invoke_object(&object, &id, invocation)
+        .await;
+    match started.head {
+        Ok(head) => Ok(to_response(head)),
+        Err(e) => {
+            let api = invoke_error(&e, started_at.elapsed().as_millis() as u64);
+            Ok(error_response(&api))
+        }
+    }
+}
