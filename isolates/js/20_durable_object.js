@@ -168,6 +168,8 @@ function decodeAll(map) {
 class Instance {
   constructor(id) {
     this.id = id;
+    /** Continuations of running events whose I/O finished (run before new events). */
+    this.resumes = [];
     this.queue = [];
     this.blocked = 0;
     this.active = 0;
@@ -528,6 +530,87 @@ function ensureObject(inst) {
 }
 
 // ---------------------------------------------------------------------------
+// The input gate for I/O: an instance's awaited I/O (fetch, body reads,
+// timers, crypto) resumes through the same delivery pump as new events, one
+// at a time per instance, so that no two of its continuations can run
+// between a storage call and the code that uses its result.
+
+/** The instance whose code is running, carried across awaits. */
+const currentInstance = new core.AsyncVariable();
+
+function enqueueResume(inst, fn) {
+  ArrayPrototypePush(inst.resumes, fn);
+  ready.add(inst);
+  schedulePump();
+}
+
+/** `promise`, but settling through the input gate of the current instance. */
+function gated(promise) {
+  const inst = currentInstance.get();
+  if (inst === undefined) return promise;
+  return new Promise((resolve, reject) => {
+    promise.then(
+      (value) => enqueueResume(inst, () => resolve(value)),
+      (error) => enqueueResume(inst, () => reject(error)),
+    );
+  });
+}
+
+function gateMethods(proto, names) {
+  for (const name of names) {
+    const original = proto[name];
+    if (typeof original !== "function") continue;
+    ObjectDefineProperty(proto, name, {
+      __proto__: null,
+      value: function (...args) {
+        return gated(original.apply(this, args));
+      },
+      writable: true,
+      configurable: true,
+      enumerable: false,
+    });
+  }
+}
+
+function gateTimer(original) {
+  return function (callback, delay, ...args) {
+    const inst = currentInstance.get();
+    if (inst === undefined || typeof callback !== "function") {
+      return original(callback, delay, ...args);
+    }
+    return original(() => enqueueResume(inst, () => callback(...args)), delay);
+  };
+}
+
+/** Routes every I/O completion of instance code through the input gate. */
+function installInputGate() {
+  const fetch = globalThis.fetch;
+  globalThis.fetch = function fetch_(...args) {
+    return gated(fetch(...args));
+  };
+  ObjectDefineProperty(globalThis.fetch, "name", { value: "fetch" });
+  const bodyMethods = ["arrayBuffer", "blob", "bytes", "formData", "json", "text"];
+  gateMethods(globalThis.Response.prototype, bodyMethods);
+  gateMethods(globalThis.Request.prototype, bodyMethods);
+  gateMethods(globalThis.SubtleCrypto.prototype, [
+    "decrypt", "deriveBits", "deriveKey", "digest", "encrypt", "exportKey",
+    "generateKey", "importKey", "sign", "unwrapKey", "verify", "wrapKey",
+  ]);
+  globalThis.setTimeout = gateTimer(globalThis.setTimeout);
+  globalThis.setInterval = gateTimer(globalThis.setInterval);
+}
+
+/** Runs `fn` as code of `inst` handling event `id`. */
+function asInstance(inst, id, fn) {
+  const previous = currentInstance.enter(inst);
+  try {
+    return http.withRequest(id, fn);
+  } finally {
+    core.setAsyncContext(previous);
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Event delivery
 
 async function runEvent(inst, ev) {
@@ -590,11 +673,17 @@ function schedulePump() {
   core.queueImmediate(makeImmediate(pump));
 }
 
-/** Starts at most one waiting event per instance. */
+/** Resumes or starts at most one thing per instance. */
 function pump() {
   pumpQueued = false;
   let more = false;
   for (const inst of ready) {
+    if (inst.resumes.length > 0) {
+      const resume = inst.resumes.shift();
+      resume();
+      more = more || inst.resumes.length > 0 || inst.queue.length > 0;
+      continue;
+    }
     if (inst.queue.length === 0) {
       ready.delete(inst);
       continue;
@@ -616,7 +705,7 @@ function pump() {
     else more = true;
     inst.active++;
     inst.lastUsed = Date.now();
-    http.withRequest(ev.id, () => runEvent(inst, ev));
+    asInstance(inst, ev.id, () => runEvent(inst, ev));
   }
   if (more) schedulePump();
 }
@@ -627,6 +716,7 @@ function sweep() {
     if (
       inst.active === 0 && inst.queue.length === 0 && inst.blocked === 0 &&
       !inst.flushQueued && inst.pending.size === 0 && !inst.deleteAll &&
+      inst.resumes.length === 0 &&
       now - inst.lastUsed >= config.idleMs
     ) {
       instances.delete(inst.id);
@@ -655,6 +745,7 @@ async function serve() {
 
 async function start(importUserModule) {
   hideInternals();
+  installInputGate();
   const mod = await importUserModule();
   config = readConfig();
   ObjectClass = mod[config.className];

@@ -7,4 +7,5 @@ mod auth;
 mod bodies;
 mod control;
 mod functions;
+mod objects;
 mod restart;

@@ -205,6 +205,11 @@ impl Http {
         }
     }
 
+    /// The underlying client, for requests that may fail.
+    pub fn raw(&self) -> &Client<HttpConnector, Full<Bytes>> {
+        &self.client
+    }
+
     pub async fn request(
         &self,
         method: &str,
