@@ -7,6 +7,10 @@ use anyhow::Context;
 use churn_runtime::{Config, ConfigFile};
 use clap::{Args, Parser, Subcommand};
 
+/// Many threads allocate per request; glibc's malloc serialises them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "churn",

@@ -34,6 +34,14 @@ pub struct App {
     record: RwLock<AppRecord>,
     stats_cache: Mutex<HashMap<String, Stats>>,
     log_seq: AtomicU64,
+    /// Invocation records not yet written to disk (see [`App::flush_logs`]).
+    unflushed: Mutex<Unflushed>,
+}
+
+#[derive(Default)]
+struct Unflushed {
+    logs: Vec<(Vec<u8>, LogEntry)>,
+    stats: Vec<String>,
 }
 
 pub struct Apps {
@@ -113,6 +121,7 @@ impl App {
             record: RwLock::new(record),
             stats_cache: Mutex::new(HashMap::new()),
             log_seq: AtomicU64::new(0),
+            unflushed: Mutex::new(Unflushed::default()),
         })
     }
 
@@ -211,6 +220,39 @@ impl App {
             };
             if let Err(e) = self.object_usage.put(name.as_bytes(), &record) {
                 tracing::error!(app = %self.id, "cannot store usage: {e}");
+            }
+        }
+    }
+
+    /// Writes buffered invocation records and stats to sled.
+    pub fn flush_logs(&self, keep_per_function: usize) {
+        let pending = std::mem::take(&mut *self.unflushed.lock().unwrap_or_else(|p| p.into_inner()));
+        if pending.logs.is_empty() && pending.stats.is_empty() {
+            return;
+        }
+        let mut touched: Vec<String> = Vec::new();
+        for (key, entry) in &pending.logs {
+            if let Err(e) = self.logs.put(key, entry) {
+                tracing::error!(app = %self.id, "cannot record invocation: {e}");
+            }
+        }
+        for name in pending.stats {
+            let stats = self
+                .stats_cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&name)
+                .cloned();
+            if let Some(stats) = stats {
+                if let Err(e) = self.stats.put(name.as_bytes(), &stats) {
+                    tracing::error!(app = %self.id, "cannot record stats: {e}");
+                }
+            }
+            touched.push(name);
+        }
+        for name in touched {
+            if let Err(e) = self.logs.trim_prefix(&log_prefix(&name), keep_per_function) {
+                tracing::error!(app = %self.id, "cannot trim logs: {e}");
             }
         }
     }
@@ -410,46 +452,43 @@ impl Apps {
     }
 
     /// Records a finished invocation: its log entry and the running stats.
-    pub fn record_invocation(&self, app: &App, name: &str, entry: &LogEntry) {
+    /// Both are kept in memory and written to disk in batches
+    /// ([`Apps::flush_logs`]), off the request path.
+    pub fn record_invocation(&self, app: &App, name: &str, entry: LogEntry) {
         let failed = entry.error.is_some() || entry.status >= 500;
-        let stats = {
+        {
             let mut cache = app.stats_cache.lock().unwrap_or_else(|p| p.into_inner());
-            let stats = match cache.get(name) {
-                Some(s) => s.clone(),
-                None => app
-                    .stats
-                    .get(name.as_bytes())
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default(),
-            };
-            let mut stats = stats;
-            stats.invocation_count += 1;
-            if failed {
-                stats.error_count += 1;
+            if !cache.contains_key(name) {
+                let stored = app.stats.get(name.as_bytes()).ok().flatten().unwrap_or_default();
+                cache.insert(name.to_string(), stored);
             }
-            stats.total_duration_ms += entry.duration_ms;
-            stats.last_invoked = Some(entry.timestamp.clone());
-            cache.insert(name.to_string(), stats.clone());
-            stats
-        };
+            if let Some(stats) = cache.get_mut(name) {
+                stats.invocation_count += 1;
+                if failed {
+                    stats.error_count += 1;
+                }
+                stats.total_duration_ms += entry.duration_ms;
+                stats.last_invoked = Some(entry.timestamp.clone());
+            }
+        }
         let seq = app.log_seq.fetch_add(1, Ordering::Relaxed);
         let micros = chrono::Utc::now().timestamp_micros().max(0) as u64;
-        let result = app
-            .stats
-            .put(name.as_bytes(), &stats)
-            .and_then(|_| app.logs.put(&log_key(name, micros, seq), entry));
-        if let Err(e) = result {
-            tracing::error!(app = %app.id, function = name, "cannot record invocation: {e}");
+        let mut unflushed = app.unflushed.lock().unwrap_or_else(|p| p.into_inner());
+        unflushed.logs.push((log_key(name, micros, seq), entry));
+        if !unflushed.stats.iter().any(|n| n == name) {
+            unflushed.stats.push(name.to_string());
         }
-        if seq % 64 == 63 {
-            if let Err(e) = app
-                .logs
-                .trim_prefix(&log_prefix(name), self.logs_per_function)
-            {
-                tracing::error!(app = %app.id, "cannot trim logs: {e}");
-            }
+    }
+
+    /// Writes every app's buffered invocation records to disk.
+    pub fn flush_logs(&self) {
+        for app in self.apps.read().unwrap_or_else(|p| p.into_inner()).values() {
+            app.flush_logs(self.logs_per_function);
         }
+    }
+
+    pub fn logs_per_function(&self) -> usize {
+        self.logs_per_function
     }
 
     /// Writes every app's usage counters to disk.
@@ -463,6 +502,7 @@ impl Apps {
     pub fn flush_all(&self) {
         for app in self.apps.read().unwrap_or_else(|p| p.into_inner()).values() {
             app.persist_usage();
+            app.flush_logs(self.logs_per_function);
             if let Err(e) = app.kv.flush() {
                 tracing::error!(app = %app.id, "flush failed: {e}");
             }

@@ -129,7 +129,7 @@ async fn serve(
         })
         .collect();
     let body = read_body(body, limit).await?;
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = crate::run::request_id();
     let method = parts.method.as_str().to_string();
     let invocation = Invocation {
         method: method.clone(),

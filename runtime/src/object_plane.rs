@@ -150,7 +150,7 @@ async fn serve(
         body,
         user_id,
         caller,
-        request_id: uuid::Uuid::new_v4().to_string(),
+        request_id: crate::run::request_id(),
         ip: remote.ip().to_string(),
     };
     let started_at = Instant::now();

@@ -101,15 +101,20 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
-    let evictor = {
+    let housekeeping = {
         let host = host.clone();
         tokio::spawn(async move {
             let idle = Duration::from_secs(host.config.isolate_idle_secs);
-            let mut tick = tokio::time::interval(Duration::from_secs(30));
-            loop {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            for round in 0u64.. {
                 tick.tick().await;
-                host.apps.dispatcher.pool().evict_idle(idle);
-                host.apps.persist_usage();
+                let apps = host.clone();
+                // Disk writes stay off the async workers.
+                let _ = tokio::task::spawn_blocking(move || apps.apps.flush_logs()).await;
+                if round % 60 == 59 {
+                    host.apps.dispatcher.pool().evict_idle(idle);
+                    host.apps.persist_usage();
+                }
             }
         })
     };
@@ -139,7 +144,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         }
     }
-    evictor.abort();
+    housekeeping.abort();
     drop(listener);
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
         .await

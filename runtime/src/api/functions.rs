@@ -228,6 +228,7 @@ pub fn get(host: &SharedHost, app_id: &str, name: &str) -> Result<Response<Body>
     let f = app
         .function(name)?
         .ok_or_else(|| function_not_found(app_id, name))?;
+    app.flush_logs(host.apps.logs_per_function());
     let stats = app.stats(name)?;
     let mut out = summary(host, app_id, &f);
     let avg = if stats.invocation_count == 0 {
@@ -352,7 +353,7 @@ pub async fn invoke(
             bytes::Bytes::from(other.to_string())
         }
     };
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = crate::run::request_id();
     let url_path = format!("/v1/{app_id}/fn/{name}{path}");
     let invocation = Invocation {
         method: method.clone(),
@@ -449,6 +450,7 @@ pub fn logs(
             }
         }
     }
+    app.flush_logs(host.apps.logs_per_function());
     let mut entries = app.logs(name, host.config.logs_per_function.max(limit))?;
     entries.retain(|e| {
         let recent = match (&since, chrono::DateTime::parse_from_rfc3339(&e.timestamp)) {
