@@ -29,7 +29,7 @@ summary() { # name file
 }
 
 # churn
-./target/release/churn serve --listen 127.0.0.1:0 --data-dir "$work/data" >"$work/churn.log" 2>&1 &
+CHURN_WORKERS=${CHURN_WORKERS:-0} ./target/release/churn serve --listen 127.0.0.1:0 --data-dir "$work/data" >"$work/churn.log" 2>&1 &
 for _ in $(seq 100); do grep -q "listening on" "$work/churn.log" && break; sleep 0.1; done
 base=$(sed -n 's/^listening on //p' "$work/churn.log")
 key=$(sed -n 's/.*store it now): //p' "$work/churn.log")

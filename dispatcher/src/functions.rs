@@ -71,10 +71,15 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts the alarm scheduler too (call inside a tokio runtime).
+    /// One worker thread per core; starts the alarm scheduler too (call
+    /// inside a tokio runtime).
     pub fn new() -> Self {
+        Self::with_pool(IsolatePool::new())
+    }
+
+    /// Uses `pool`'s worker threads.
+    pub fn with_pool(pool: IsolatePool) -> Self {
         let objects = ObjectTable::default();
-        let pool = IsolatePool::new();
         let alarms = Arc::new(AlarmScheduler::start(objects.clone(), pool.clone()));
         Dispatcher {
             functions: Arc::default(),

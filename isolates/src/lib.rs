@@ -8,6 +8,7 @@
 //! It must not know about routing, HTTP servers, or which storage engine or
 //! database sits behind an op.
 
+mod entered;
 mod error;
 mod ext;
 mod extensions;
@@ -24,5 +25,5 @@ pub use invocation::{
     Invocation, Limits, LogLine, ResponseBody, ResponseHead, ScriptError,
 };
 pub use object_source::{compile_durable_object, CompiledObject, ObjectSourceError};
-pub use pool::{IsolatePool, Started};
+pub use pool::{IsolatePool, Started, WorkerTask};
 pub use transpile::compile_function;

@@ -1,15 +1,28 @@
-//! The set of warm isolates: at most one per deployed function, each on its own
-//! thread (a V8 isolate is entered on creation and must stay on its thread).
+//! The worker threads and the warm isolates on them.
+//!
+//! There are N worker threads (default: the number of cores), each with its
+//! own current-thread tokio runtime. A worker holds at most one isolate per
+//! function and per Durable Object class, and an isolate never leaves its
+//! thread. The host also serves HTTP on these threads ([`IsolatePool::spawn_on_each`]),
+//! so a function request normally runs start to finish on the thread that
+//! accepted it. A Durable Object instance lives on the thread chosen by a hash
+//! of `(app, class, id)`, which makes it the one live instance of that id.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::InvokeError;
 use crate::invocation::{
-    CodeKind, Completion, Event, FunctionCode, Invocation, Job, Reply, ResponseHead,
+    CodeKind, Completion, Event, FunctionCode, Invocation, Job, Reply, ResponseHead, ScriptError,
 };
 use crate::worker::run_isolate;
 
@@ -24,17 +37,116 @@ fn key_of(code: &FunctionCode) -> Key {
     )
 }
 
+/// A task to start on every worker (for example an accept loop).
+pub type WorkerTask = Arc<dyn Fn(usize) -> Pin<Box<dyn Future<Output = ()>>> + Send + Sync>;
+
+enum Command {
+    Dispatch(Arc<FunctionCode>, Job),
+    Retire(Key),
+    RetireApp(String),
+    EvictIdle(Duration),
+    Spawn(WorkerTask),
+}
+
 struct Entry {
     revision: u64,
     jobs: mpsc::UnboundedSender<Job>,
     last_used: Instant,
 }
 
-/// Warm isolates keyed by `(app, function)`; a new revision replaces the old
-/// isolate, which finishes the requests it already has and then exits.
-#[derive(Clone, Default)]
+/// One worker's isolates; lives in a thread-local on the worker.
+struct Local {
+    index: usize,
+    entries: RefCell<HashMap<Key, Entry>>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Rc<Local>>> = const { RefCell::new(None) };
+}
+
+fn local() -> Option<Rc<Local>> {
+    LOCAL.with(|l| l.borrow().clone())
+}
+
+impl Local {
+    /// Hands `job` to this worker's isolate for `code`, starting it if needed.
+    fn dispatch(&self, code: &Arc<FunctionCode>, job: Job) {
+        let key = key_of(code);
+        let mut entries = self.entries.borrow_mut();
+        let mut job = job;
+        if let Some(entry) = entries.get_mut(&key) {
+            if entry.revision == code.revision {
+                entry.last_used = Instant::now();
+                match entry.jobs.send(job) {
+                    Ok(()) => return,
+                    // The isolate died: start a new one below.
+                    Err(mpsc::error::SendError(returned)) => job = returned,
+                }
+            }
+        }
+        // A new revision replaces the old isolate, which finishes the events
+        // it already has and then exits.
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::task::spawn_local(run_isolate(code.clone(), rx));
+        let _ = tx.send(job);
+        entries.insert(
+            key,
+            Entry {
+                revision: code.revision,
+                jobs: tx,
+                last_used: Instant::now(),
+            },
+        );
+    }
+
+    fn handle(&self, command: Command) {
+        match command {
+            Command::Dispatch(code, job) => self.dispatch(&code, job),
+            Command::Retire(key) => {
+                self.entries.borrow_mut().remove(&key);
+            }
+            Command::RetireApp(app) => self.entries.borrow_mut().retain(|(a, _, _), _| *a != app),
+            Command::EvictIdle(max_idle) => self
+                .entries
+                .borrow_mut()
+                .retain(|_, e| e.last_used.elapsed() < max_idle && !e.jobs.is_closed()),
+            Command::Spawn(task) => {
+                tokio::task::spawn_local(task(self.index));
+            }
+        }
+    }
+}
+
+fn run_worker(index: usize, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start worker {index}: {e}");
+            return;
+        }
+    };
+    let local = Rc::new(Local {
+        index,
+        entries: RefCell::new(HashMap::new()),
+    });
+    LOCAL.with(|l| *l.borrow_mut() = Some(local.clone()));
+    let set = tokio::task::LocalSet::new();
+    set.block_on(&runtime, async move {
+        while let Some(command) = commands.recv().await {
+            local.handle(command);
+        }
+    });
+    LOCAL.with(|l| *l.borrow_mut() = None);
+}
+
+/// The worker threads; cheap to clone.
+#[derive(Clone)]
 pub struct IsolatePool {
-    entries: Arc<Mutex<HashMap<Key, Entry>>>,
+    workers: Arc<Vec<mpsc::UnboundedSender<Command>>>,
+    next: Arc<AtomicUsize>,
 }
 
 /// An invocation under way: the response head (or why there is none), and a
@@ -45,58 +157,80 @@ pub struct Started {
     pub completion: oneshot::Receiver<Completion>,
 }
 
-fn spawn_isolate(code: Arc<FunctionCode>) -> Result<mpsc::UnboundedSender<Job>, InvokeError> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let name = format!("isolate:{}/{}", code.app, code.name);
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("cannot start an isolate thread runtime: {e}");
-                    return;
-                }
-            };
-            runtime.block_on(run_isolate(code, rx));
-        })
-        .map_err(|e| InvokeError::IsolateGone(format!("cannot start an isolate thread: {e}")))?;
-    Ok(tx)
+impl Default for IsolatePool {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl IsolatePool {
+    /// One worker per core.
     pub fn new() -> Self {
-        Self::default()
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Self::with_threads(n)
     }
 
-    fn dispatch(&self, code: &Arc<FunctionCode>, job: Job) -> Result<(), InvokeError> {
-        let key = key_of(code);
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let mut job = job;
-        if let Some(entry) = entries.get_mut(&key) {
-            if entry.revision == code.revision {
-                entry.last_used = Instant::now();
-                match entry.jobs.send(job) {
-                    Ok(()) => return Ok(()),
-                    // The isolate died: start a new one below.
-                    Err(mpsc::error::SendError(returned)) => job = returned,
-                }
+    pub fn with_threads(threads: usize) -> Self {
+        let mut workers = Vec::new();
+        for index in 0..threads.max(1) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let spawned = std::thread::Builder::new()
+                .name(format!("churn-worker-{index}"))
+                .spawn(move || run_worker(index, rx));
+            match spawned {
+                Ok(_) => workers.push(tx),
+                Err(e) => tracing::error!("cannot start worker thread {index}: {e}"),
             }
         }
-        let jobs = spawn_isolate(code.clone())?;
-        let sent = jobs.send(job);
-        entries.insert(
-            key,
-            Entry {
-                revision: code.revision,
-                jobs,
-                last_used: Instant::now(),
-            },
-        );
-        sent.map_err(|_| InvokeError::IsolateGone("the new isolate exited at once".to_string()))
+        IsolatePool {
+            workers: Arc::new(workers),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Starts `task(worker index)` on every worker thread.
+    pub fn spawn_on_each(&self, task: WorkerTask) {
+        for w in self.workers.iter() {
+            let _ = w.send(Command::Spawn(task.clone()));
+        }
+    }
+
+    fn broadcast(&self, make: impl Fn() -> Command) {
+        for w in self.workers.iter() {
+            let _ = w.send(make());
+        }
+    }
+
+    /// The worker a job for `code` (and instance) goes to: a Durable Object
+    /// instance's fixed thread; for a function, the current worker if this is
+    /// one, else the next in turn.
+    fn route(&self, code: &Arc<FunctionCode>, instance: Option<&str>, job: Job) -> Result<(), InvokeError> {
+        let target = match instance {
+            Some(id) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (&code.app, &code.name, id).hash(&mut h);
+                Some((h.finish() % self.workers.len().max(1) as u64) as usize)
+            }
+            None => None,
+        };
+        if let Some(local) = local() {
+            if target.is_none() || target == Some(local.index) {
+                local.dispatch(code, job);
+                return Ok(());
+            }
+        }
+        let index = target.unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1));
+        self.workers
+            .get(index)
+            .ok_or_else(|| InvokeError::IsolateGone("no worker threads".into()))?
+            .send(Command::Dispatch(code.clone(), job))
+            .map_err(|_| InvokeError::IsolateGone("the worker thread stopped".into()))
     }
 
     /// Runs one invocation and waits for the response head (not the body).
@@ -109,6 +243,7 @@ impl IsolatePool {
     ) -> Started {
         let (head_tx, head_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
+        let target = instance.clone();
         let job = Job {
             instance,
             event: Event::Request(invocation),
@@ -117,7 +252,7 @@ impl IsolatePool {
                 done: done_tx,
             },
         };
-        if let Err(e) = self.dispatch(code, job) {
+        if let Err(e) = self.route(code, target.as_deref(), job) {
             return Started {
                 head: Err(e),
                 completion: done_rx,
@@ -139,13 +274,9 @@ impl IsolatePool {
     }
 
     /// Fires a Durable Object instance's alarm; resolves with how it went.
-    pub async fn alarm(
-        &self,
-        code: &Arc<FunctionCode>,
-        instance: String,
-        retry_count: u32,
-    ) -> Completion {
+    pub async fn alarm(&self, code: &Arc<FunctionCode>, instance: String, retry_count: u32) -> Completion {
         let (done_tx, done_rx) = oneshot::channel();
+        let target = instance.clone();
         let job = Job {
             instance: Some(instance),
             event: Event::Alarm { retry_count },
@@ -154,51 +285,34 @@ impl IsolatePool {
                 done: done_tx,
             },
         };
-        if let Err(e) = self.dispatch(code, job) {
-            return Completion {
-                logs: Vec::new(),
-                error: Some(crate::ScriptError {
-                    message: e.to_string(),
-                    stack: None,
-                }),
-            };
-        }
-        done_rx.await.unwrap_or_else(|_| Completion {
+        let failed = |message: String| Completion {
             logs: Vec::new(),
-            error: Some(crate::ScriptError {
-                message: "the isolate stopped before the alarm finished".to_string(),
+            error: Some(ScriptError {
+                message,
                 stack: None,
             }),
-        })
+        };
+        if let Err(e) = self.route(code, Some(&target), job) {
+            return failed(e.to_string());
+        }
+        done_rx
+            .await
+            .unwrap_or_else(|_| failed("the isolate stopped before the alarm finished".to_string()))
     }
 
-    /// Retires the isolate of one function or class (deleted or redeployed):
-    /// it finishes the events it has, then exits.
+    /// Retires the isolates of one function or class (deleted or
+    /// redeployed): they finish the events they have, then exit.
     pub fn retire(&self, app: &str, name: &str, durable_object: bool) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.remove(&(app.to_string(), name.to_string(), durable_object));
+        self.broadcast(|| Command::Retire((app.to_string(), name.to_string(), durable_object)));
     }
 
     /// Retires every isolate of an app.
     pub fn retire_app(&self, app: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.retain(|(a, _, _), _| a != app);
+        self.broadcast(|| Command::RetireApp(app.to_string()));
     }
 
     /// Retires isolates that served nothing for `max_idle`.
-    pub fn evict_idle(&self, max_idle: Duration) -> usize {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let before = entries.len();
-        entries.retain(|_, e| e.last_used.elapsed() < max_idle && !e.jobs.is_closed());
-        before - entries.len()
-    }
-
-    /// How many warm isolates there are.
-    pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    pub fn evict_idle(&self, max_idle: Duration) {
+        self.broadcast(|| Command::EvictIdle(max_idle));
     }
 }

@@ -10,6 +10,7 @@ use deno_core::{
 };
 use tokio::sync::mpsc;
 
+use crate::entered::EnteredRuntime;
 use crate::ext::do_ops::DoContext;
 use crate::ext::fn_ops::{FnConfig, FnInbox};
 use crate::invocation::{CodeKind, FunctionCode, Job};
@@ -102,57 +103,62 @@ pub async fn run_isolate(code: Arc<FunctionCode>, jobs: mpsc::UnboundedReceiver<
 }
 
 async fn serve(code: &FunctionCode, inbox: Rc<FnInbox>) -> Result<(), String> {
-    let mut runtime = new_runtime(code)?;
-    {
-        let state = runtime.op_state();
-        let mut state = state.borrow_mut();
-        state.put(inbox.clone());
-        state.put(permissions());
-        if let CodeKind::DurableObject(binding) = &code.kind {
-            state.put(Rc::new(DoContext {
-                app: code.app.clone(),
-                class: code.name.clone(),
-                store: binding.store.clone(),
-                alarms: binding.alarms.clone(),
-            }));
+    let mut runtime = EnteredRuntime::new(new_runtime(code)?);
+    runtime.with(|runtime| {
+        {
+            let state = runtime.op_state();
+            let mut state = state.borrow_mut();
+            state.put(inbox.clone());
+            state.put(permissions());
+            if let CodeKind::DurableObject(binding) = &code.kind {
+                state.put(Rc::new(DoContext {
+                    app: code.app.clone(),
+                    class: code.name.clone(),
+                    store: binding.store.clone(),
+                    alarms: binding.alarms.clone(),
+                }));
+            }
         }
-    }
-    let handle = runtime.v8_isolate().thread_safe_handle();
-    runtime.add_near_heap_limit_callback(move |current, _initial| {
-        // Stop the script; the isolate is discarded afterwards. Raise the
-        // limit a little so V8 can unwind instead of aborting the process.
-        handle.terminate_execution();
-        current.saturating_mul(2)
+        let handle = runtime.v8_isolate().thread_safe_handle();
+        runtime.add_near_heap_limit_callback(move |current, _initial| {
+            // Stop the script; the isolate is discarded afterwards. Raise the
+            // limit a little so V8 can unwind instead of aborting the process.
+            handle.terminate_execution();
+            current.saturating_mul(2)
+        });
     });
 
     let main = specifier(MAIN_SPECIFIER)?;
+    let entry = match code.kind {
+        CodeKind::Function => FUNCTION_MAIN,
+        CodeKind::DurableObject(_) => DURABLE_OBJECT_MAIN,
+    };
     let id = runtime
-        .load_main_es_module_from_code(
-            &main,
-            match code.kind {
-                CodeKind::Function => FUNCTION_MAIN,
-                CodeKind::DurableObject(_) => DURABLE_OBJECT_MAIN,
-            },
-        )
+        .run(|rt| rt.load_main_es_module_from_code(&main, entry))
         .await
         .map_err(|e| e.to_string())?;
-    let evaluation = runtime.mod_evaluate(id);
     runtime
-        .with_event_loop_promise(Box::pin(evaluation), PollEventLoopOptions::default())
+        .run(|rt| {
+            let evaluation = rt.mod_evaluate(id);
+            rt.with_event_loop_promise(Box::pin(evaluation), PollEventLoopOptions::default())
+        })
         .await
         .map_err(|e| e.to_string())?;
     // Serve until the job channel closes, counting the CPU time spent in JS.
     let cpu = code.cpu_micros.clone();
-    std::future::poll_fn(|cx| {
-        let started = cpu_time::ThreadTime::try_now().ok();
-        let result = runtime.poll_event_loop(cx, PollEventLoopOptions::default());
-        if let Some(spent) = started.and_then(|t| t.try_elapsed().ok()) {
-            cpu.fetch_add(spent.as_micros() as u64, Ordering::Relaxed);
-        }
-        result
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    runtime
+        .run(|rt| {
+            std::future::poll_fn(move |cx| {
+                let started = cpu_time::ThreadTime::try_now().ok();
+                let result = rt.poll_event_loop(cx, PollEventLoopOptions::default());
+                if let Some(spent) = started.and_then(|t| t.try_elapsed().ok()) {
+                    cpu.fetch_add(spent.as_micros() as u64, Ordering::Relaxed);
+                }
+                result
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())?;
     if inbox.in_flight() > 0 {
         inbox.fail_all("the isolate's event loop ended before the request finished");
     }

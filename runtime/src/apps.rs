@@ -57,6 +57,8 @@ pub struct Apps {
 
 /// Limits and timings the registry applies to what it publishes.
 pub struct RegistryOptions {
+    /// Worker threads (0: one per core).
+    pub workers: usize,
     pub max_concurrency: usize,
     pub logs_per_function: usize,
     pub object_idle_ms: u64,
@@ -276,7 +278,10 @@ impl Apps {
             root: root.clone(),
             apps: RwLock::new(HashMap::new()),
             create_lock: Mutex::new(()),
-            dispatcher: Dispatcher::new(),
+            dispatcher: Dispatcher::with_pool(match options.workers {
+                0 => churn_isolates::IsolatePool::new(),
+                n => churn_isolates::IsolatePool::with_threads(n),
+            }),
             max_concurrency: options.max_concurrency,
             logs_per_function: options.logs_per_function,
             object_idle_ms: options.object_idle_ms,

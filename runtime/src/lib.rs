@@ -55,6 +55,7 @@ pub fn open_host(
     let apps = apps::Apps::open(
         &config.data_dir,
         apps::RegistryOptions {
+            workers: config.workers,
             max_concurrency: config.max_concurrency,
             logs_per_function: config.logs_per_function,
             object_idle_ms: config.object_idle_ms,

@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -92,33 +92,36 @@ async fn handle(
     }
 }
 
-/// Serves until `shutdown` resolves, then lets open connections finish (up to
-/// 10 s) and flushes every app's data.
-pub async fn serve(
+/// Runs hyper's background tasks (HTTP/2 streams) on the worker thread.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: std::future::Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// One worker's accept loop: serves connections on this thread until told to
+/// stop, then lets its open connections finish (up to 10 s).
+async fn accept_loop(
     host: SharedHost,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let housekeeping = {
-        let host = host.clone();
-        tokio::spawn(async move {
-            let idle = Duration::from_secs(host.config.isolate_idle_secs);
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            for round in 0u64.. {
-                tick.tick().await;
-                let apps = host.clone();
-                // Disk writes stay off the async workers.
-                let _ = tokio::task::spawn_blocking(move || apps.apps.flush_logs()).await;
-                if round % 60 == 59 {
-                    host.apps.dispatcher.pool().evict_idle(idle);
-                    host.apps.persist_usage();
-                }
-            }
-        })
+    listener: std::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    done: tokio::sync::mpsc::Sender<()>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("worker cannot listen: {e}");
+            return;
+        }
     };
-    tokio::pin!(shutdown);
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(LocalExec);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -135,16 +138,15 @@ pub async fn serve(
                 let service = service_fn(move |req| handle(host.clone(), req, remote));
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
+                tokio::task::spawn_local(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!("connection from {remote} ended: {e}");
                     }
                 });
             }
-            _ = &mut shutdown => break,
+            _ = stop.changed() => break,
         }
     }
-    housekeeping.abort();
     drop(listener);
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
         .await
@@ -152,6 +154,67 @@ pub async fn serve(
     {
         tracing::warn!("some connections were still open after 10 s");
     }
+    drop(done);
+}
+
+/// Serves on every worker thread until `shutdown` resolves, then lets open
+/// connections finish and flushes every app's data.
+pub async fn serve(
+    host: SharedHost,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let listener = listener.into_std()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let pool = host.apps.dispatcher.pool().clone();
+    let mut listeners = Vec::new();
+    for _ in 0..pool.threads() {
+        let l = listener.try_clone()?;
+        l.set_nonblocking(true)?;
+        listeners.push(std::sync::Mutex::new(Some(l)));
+    }
+    let listeners = std::sync::Arc::new(listeners);
+    {
+        let host = host.clone();
+        pool.spawn_on_each(std::sync::Arc::new(move |index: usize| {
+            let host = host.clone();
+            let stop = stop_rx.clone();
+            let done = done_tx.clone();
+            let listener = listeners
+                .get(index)
+                .and_then(|l| l.lock().ok().and_then(|mut l| l.take()));
+            Box::pin(async move {
+                if let Some(listener) = listener {
+                    accept_loop(host, listener, stop, done).await;
+                }
+            })
+        }));
+    }
+    drop(listener);
+
+    let housekeeping = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            let idle = Duration::from_secs(host.config.isolate_idle_secs);
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            for round in 0u64.. {
+                tick.tick().await;
+                let apps = host.clone();
+                // Disk writes stay off the request path.
+                let _ = tokio::task::spawn_blocking(move || apps.apps.flush_logs()).await;
+                if round % 60 == 59 {
+                    host.apps.dispatcher.pool().evict_idle(idle);
+                    host.apps.persist_usage();
+                }
+            }
+        })
+    };
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    // Every worker drops its `done` sender once its connections are closed.
+    let _ = done_rx.recv().await;
+    housekeeping.abort();
     host.apps.flush_all();
     Ok(())
 }
