@@ -3,8 +3,16 @@ import { core, primordials } from "ext:core/mod.js";
 import { http } from "ext:churn_fn/05_http.js";
 
 const { op_fn_next_request, op_fn_done, op_fn_config } = core.ops;
-const { ArrayPrototypePush, ObjectDefineProperty, ObjectFreeze, PromiseResolve, TypeError } =
-  primordials;
+const {
+  ArrayPrototypePush,
+  ObjectDefineProperty,
+  ObjectFreeze,
+  SafePromisePrototypeFinally,
+  PromiseReject,
+  PromiseResolve,
+  SafeMap,
+  TypeError,
+} = primordials;
 
 /** Finds the entry point: `handler`, a default function, or Workers' `export default { fetch }`. */
 function pickHandler(mod) {
@@ -71,7 +79,51 @@ export function readConfig() {
     className: raw.className,
     waitUntilMs: raw.waitUntilMs,
     idleMs: raw.idleMs,
+    maxSubrequests: raw.maxSubrequests,
+    fetchTimeoutMs: raw.fetchTimeoutMs,
   });
+}
+
+/**
+ * Outbound fetch limits: at most `maxSubrequests` in flight per request, each
+ * cut off after `fetchTimeoutMs`. (Where fetch may connect to is enforced in
+ * Rust, on every resolved address.)
+ */
+export function installFetchLimits(config) {
+  const inner = globalThis.fetch;
+  const inFlight = new SafeMap();
+  const release = (id) => {
+    const n = inFlight.get(id) - 1;
+    if (n <= 0) inFlight.delete(id);
+    else inFlight.set(id, n);
+  };
+  function fetch(input, init = undefined) {
+    const id = http.currentRequest.get() ?? 0;
+    const n = inFlight.get(id) ?? 0;
+    if (n >= config.maxSubrequests) {
+      return PromiseReject(
+        new TypeError(
+          `too many concurrent subrequests: at most ${config.maxSubrequests} fetches may be in flight per request`,
+        ),
+      );
+    }
+    const timeout = AbortSignal.timeout(config.fetchTimeoutMs);
+    let userSignal = init?.signal;
+    if (userSignal === undefined && input instanceof Request) {
+      userSignal = input.signal;
+    }
+    const signal = userSignal ? AbortSignal.any([userSignal, timeout]) : timeout;
+    inFlight.set(id, n + 1);
+    let promise;
+    try {
+      promise = inner(input, { ...init, signal });
+    } catch (e) {
+      release(id);
+      throw e;
+    }
+    return SafePromisePrototypeFinally(promise, () => release(id));
+  }
+  globalThis.fetch = fetch;
 }
 
 /**
@@ -80,6 +132,8 @@ export function readConfig() {
  */
 async function start(importUserModule) {
   hideInternals();
+  const config = readConfig();
+  installFetchLimits(config);
   const mod = await importUserModule();
   const handler = pickHandler(mod);
   if (handler === null) {
@@ -87,7 +141,7 @@ async function start(importUserModule) {
       "the module exports no handler: add `export async function handler(req, ctx) { ... }`",
     );
   }
-  serve(handler, readConfig());
+  serve(handler, config);
 }
 
 ObjectDefineProperty(globalThis, "__churnStart", {

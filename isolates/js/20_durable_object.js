@@ -1,7 +1,11 @@
 // The Durable Object host: one isolate per class holds its live instances, delivers each instance's events one at a time (Cloudflare's input gate) and keeps their storage.
 import { core, primordials } from "ext:core/mod.js";
 import { http } from "ext:churn_fn/05_http.js";
-import { hideInternals, readConfig } from "ext:churn_fn/10_function.js";
+import {
+  hideInternals,
+  installFetchLimits,
+  readConfig,
+} from "ext:churn_fn/10_function.js";
 
 const {
   op_fn_next_request,
@@ -745,9 +749,10 @@ async function serve() {
 
 async function start(importUserModule) {
   hideInternals();
+  config = readConfig();
+  installFetchLimits(config);
   installInputGate();
   const mod = await importUserModule();
-  config = readConfig();
   ObjectClass = mod[config.className];
   if (typeof ObjectClass !== "function") {
     throw new TypeError(`the module does not export the class ${config.className}`);

@@ -10,16 +10,21 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use deno_core::v8;
 use deno_core::JsRuntime;
+
+use crate::watchdog::Slot;
 
 /// A `JsRuntime` that is entered only while it is being used.
 pub struct EnteredRuntime {
     // Boxed so the isolate handle below keeps its address.
     runtime: Box<JsRuntime>,
     isolate: *const v8::Isolate,
+    /// The CPU watchdog's view of this isolate's polls.
+    slot: Option<Arc<Slot>>,
 }
 
 impl EnteredRuntime {
@@ -30,7 +35,16 @@ impl EnteredRuntime {
         // SAFETY: the isolate was entered by its creation on this thread and
         // is the current one; exiting restores the previously entered one.
         unsafe { (*isolate).exit() };
-        EnteredRuntime { runtime, isolate }
+        EnteredRuntime {
+            runtime,
+            isolate,
+            slot: None,
+        }
+    }
+
+    /// Puts every later poll under the CPU watchdog.
+    pub fn watch(&mut self, slot: Arc<Slot>) {
+        self.slot = Some(slot);
     }
 
     /// Runs `f` with the isolate entered.
@@ -38,7 +52,13 @@ impl EnteredRuntime {
         // SAFETY: `isolate` points into `self.runtime`, which is alive and
         // pinned in its box; enter and exit are balanced on this thread.
         unsafe { (*self.isolate).enter() };
+        if let Some(slot) = &self.slot {
+            slot.begin_poll();
+        }
         let result = f(&mut self.runtime);
+        if let Some(slot) = &self.slot {
+            slot.end_poll();
+        }
         unsafe { (*self.isolate).exit() };
         result
     }
@@ -55,6 +75,7 @@ impl EnteredRuntime {
         unsafe { (*isolate).exit() };
         EnteredFuture {
             isolate,
+            slot: self.slot.clone(),
             future: Box::pin(future),
         }
         .await
@@ -71,6 +92,7 @@ impl Drop for EnteredRuntime {
 
 struct EnteredFuture<'a, R> {
     isolate: *const v8::Isolate,
+    slot: Option<Arc<Slot>>,
     future: Pin<Box<dyn Future<Output = R> + 'a>>,
 }
 
@@ -81,7 +103,13 @@ impl<R> Future for EnteredFuture<'_, R> {
         let isolate = self.isolate;
         // SAFETY: the runtime outlives this future (it borrows it).
         unsafe { (*isolate).enter() };
+        if let Some(slot) = &self.slot {
+            slot.begin_poll();
+        }
         let result = self.future.as_mut().poll(cx);
+        if let Some(slot) = &self.slot {
+            slot.end_poll();
+        }
         unsafe { (*isolate).exit() };
         result
     }

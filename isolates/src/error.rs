@@ -11,6 +11,9 @@ pub enum InvokeError {
     /// No response within the function's `timeoutMs`.
     #[error("the function did not respond within {timeout_ms} ms")]
     Timeout { timeout_ms: u64 },
+    /// The isolate was stopped for going over a limit (`cpu`, `memory`).
+    #[error("the function went over its {reason} limit: {message}")]
+    Limit { reason: &'static str, message: String },
     /// The isolate went away before answering (it was killed or crashed).
     #[error("the isolate stopped before answering: {0}")]
     IsolateGone(String),

@@ -72,15 +72,20 @@ pub struct LogLine {
 #[derive(Debug, Default)]
 pub struct Completion {
     pub logs: Vec<LogLine>,
+    /// CPU time the isolate spent while this invocation was in flight (with
+    /// concurrent invocations, each is charged for all of it).
+    pub cpu_micros: u64,
     /// The uncaught error, if the handler (or its stream) threw.
     pub error: Option<ScriptError>,
 }
 
-/// An exception thrown by user code.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An exception thrown by user code, or the limit that stopped it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ScriptError {
     pub message: String,
     pub stack: Option<String>,
+    /// Set when the isolate was killed for exceeding a limit (`cpu`, `memory`).
+    pub limit: Option<&'static str>,
 }
 
 /// Where the isolate sends the parts of its answer.
@@ -160,18 +165,29 @@ impl std::fmt::Debug for FunctionCode {
 /// Per-function limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
+    /// Wall-clock time to the response head.
     pub timeout_ms: u64,
+    /// CPU time one uninterrupted stretch of JavaScript may take; 0 disables
+    /// the watchdog.
+    pub cpu_ms: u64,
     pub memory_limit_mb: u64,
     /// How long `waitUntil` work may run after the response.
     pub wait_until_ms: u64,
+    /// Outbound `fetch`: concurrent subrequests per request, and the total
+    /// time one may take.
+    pub max_subrequests: u32,
+    pub fetch_timeout_ms: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             timeout_ms: 30_000,
+            cpu_ms: 2_000,
             memory_limit_mb: 128,
             wait_until_ms: 30_000,
+            max_subrequests: 50,
+            fetch_timeout_ms: 30_000,
         }
     }
 }

@@ -17,6 +17,7 @@ mod object_source;
 mod pool;
 mod snapshot;
 mod transpile;
+mod watchdog;
 mod worker;
 
 pub use error::{CompileError, InvokeError};
@@ -27,3 +28,4 @@ pub use invocation::{
 pub use object_source::{compile_durable_object, CompiledObject, ObjectSourceError};
 pub use pool::{IsolatePool, Started, WorkerTask};
 pub use transpile::compile_function;
+pub use worker::{set_net_policy, NetPolicy};

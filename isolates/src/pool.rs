@@ -264,7 +264,13 @@ impl IsolatePool {
             Ok(Err(_)) => Err(InvokeError::IsolateGone(
                 "the isolate dropped the request".to_string(),
             )),
-            Ok(Ok(Err(script))) => Err(InvokeError::Script(script)),
+            Ok(Ok(Err(script))) => Err(match script.limit {
+                Some(reason) => InvokeError::Limit {
+                    reason,
+                    message: script.message,
+                },
+                None => InvokeError::Script(script),
+            }),
             Ok(Ok(Ok(head))) => Ok(head),
         };
         Started {
@@ -287,9 +293,10 @@ impl IsolatePool {
         };
         let failed = |message: String| Completion {
             logs: Vec::new(),
+            cpu_micros: 0,
             error: Some(ScriptError {
                 message,
-                stack: None,
+                ..Default::default()
             }),
         };
         if let Err(e) = self.route(code, Some(&target), job) {

@@ -10,7 +10,10 @@ use deno_core::{
 };
 use tokio::sync::mpsc;
 
+use std::time::Duration;
+
 use crate::entered::EnteredRuntime;
+use crate::watchdog::{Killed, Slot};
 use crate::ext::do_ops::DoContext;
 use crate::ext::fn_ops::{FnConfig, FnInbox};
 use crate::invocation::{CodeKind, FunctionCode, Job};
@@ -45,13 +48,38 @@ fn specifier(s: &str) -> Result<ModuleSpecifier, String> {
     ModuleSpecifier::parse(s).map_err(|e| e.to_string())
 }
 
-fn permissions() -> deno_permissions::PermissionsContainer {
+/// Where user code's outbound `fetch` may not go.
+#[derive(Clone, Debug, Default)]
+pub struct NetPolicy {
+    /// Hosts, `host:port`s, IP addresses and CIDR ranges (`10.0.0.0/8`);
+    /// checked against every resolved address before a connection is made.
+    pub deny: Vec<String>,
+}
+
+static NET_POLICY: std::sync::OnceLock<NetPolicy> = std::sync::OnceLock::new();
+
+/// Sets the process-wide outbound policy (once, before isolates start).
+pub fn set_net_policy(policy: NetPolicy) {
+    let _ = NET_POLICY.set(policy);
+}
+
+fn permissions() -> Result<deno_permissions::PermissionsContainer, String> {
     let parser = Arc::new(deno_permissions::RuntimePermissionDescriptorParser::new(
         sys_traits::impls::RealSys,
     ));
-    // Outbound fetch is the only capability user code has; the op layer offers
-    // no file system, process or socket ops at all.
-    deno_permissions::PermissionsContainer::allow_all(parser)
+    let deny = NET_POLICY.get().map(|p| p.deny.clone()).unwrap_or_default();
+    // Outbound fetch is the only capability user code has (and the op layer
+    // offers no file system, process or socket ops at all): net is allowed
+    // except for the denied ranges; everything else stays denied.
+    let options = deno_permissions::PermissionsOptions {
+        allow_net: Some(Vec::new()),
+        deny_net: (!deny.is_empty()).then_some(deny),
+        prompt: false,
+        ..Default::default()
+    };
+    let perms = deno_permissions::Permissions::from_options(parser.as_ref(), &options)
+        .map_err(|e| format!("invalid outbound network policy: {e}"))?;
+    Ok(deno_permissions::PermissionsContainer::new(parser, perms))
 }
 
 fn new_runtime(code: &FunctionCode) -> Result<JsRuntime, String> {
@@ -92,24 +120,50 @@ pub async fn run_isolate(code: Arc<FunctionCode>, jobs: mpsc::UnboundedReceiver<
             wait_until_ms: code.limits.wait_until_ms,
             class_name,
             idle_ms,
+            max_subrequests: code.limits.max_subrequests,
+            fetch_timeout_ms: code.limits.fetch_timeout_ms,
         },
     );
-    let result = serve(&code, inbox.clone()).await;
-    if let Err(message) = result {
-        tracing::warn!(app = %code.app, function = %code.name, "isolate stopped: {message}");
-        inbox.fail_all(&message);
-        inbox.reject_queued(&message);
+    match serve(&code, inbox.clone()).await {
+        Ok(()) => {}
+        Err(Failure::Error(message)) => {
+            tracing::warn!(app = %code.app, function = %code.name, "isolate stopped: {message}");
+            inbox.fail_all(&message, None);
+            inbox.reject_queued(&message, None);
+        }
+        Err(Failure::Killed(killed)) => {
+            let message = match killed {
+                Killed::Cpu => format!(
+                    "the script used more than {} ms of CPU time without yielding",
+                    code.limits.cpu_ms
+                ),
+                Killed::Memory => format!(
+                    "the script used more than {} MiB of memory",
+                    code.limits.memory_limit_mb
+                ),
+            };
+            tracing::info!(app = %code.app, function = %code.name, "isolate killed: {message}");
+            inbox.fail_all(&message, Some(killed.reason()));
+            inbox.reject_queued(&message, Some(killed.reason()));
+        }
     }
 }
 
-async fn serve(code: &FunctionCode, inbox: Rc<FnInbox>) -> Result<(), String> {
-    let mut runtime = EnteredRuntime::new(new_runtime(code)?);
-    runtime.with(|runtime| {
+/// Why an isolate stopped early.
+enum Failure {
+    Killed(Killed),
+    Error(String),
+}
+
+async fn serve(code: &FunctionCode, inbox: Rc<FnInbox>) -> Result<(), Failure> {
+    let permissions = permissions().map_err(Failure::Error)?;
+    let mut runtime = EnteredRuntime::new(new_runtime(code).map_err(Failure::Error)?);
+    let slot = runtime.with(|runtime| {
         {
             let state = runtime.op_state();
             let mut state = state.borrow_mut();
             state.put(inbox.clone());
-            state.put(permissions());
+            state.put(permissions);
             if let CodeKind::DurableObject(binding) = &code.kind {
                 state.put(Rc::new(DoContext {
                     app: code.app.clone(),
@@ -120,13 +174,37 @@ async fn serve(code: &FunctionCode, inbox: Rc<FnInbox>) -> Result<(), String> {
             }
         }
         let handle = runtime.v8_isolate().thread_safe_handle();
+        let cpu_limit = match code.limits.cpu_ms {
+            0 => Duration::MAX,
+            ms => Duration::from_millis(ms),
+        };
+        let slot = Slot::register(handle, cpu_limit);
+        let on_heap_limit = slot.clone();
         runtime.add_near_heap_limit_callback(move |current, _initial| {
             // Stop the script; the isolate is discarded afterwards. Raise the
             // limit a little so V8 can unwind instead of aborting the process.
-            handle.terminate_execution();
+            on_heap_limit.kill(Killed::Memory);
             current.saturating_mul(2)
         });
+        slot
     });
+    if code.limits.cpu_ms > 0 {
+        runtime.watch(slot.clone());
+    }
+    let result = serve_module(code, &mut runtime, &inbox).await;
+    match (result, slot.killed()) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(killed)) => Err(Failure::Killed(killed)),
+        (Err(message), None) => Err(Failure::Error(message)),
+    }
+}
+
+/// Loads the user's module and serves events until the job channel closes.
+async fn serve_module(
+    code: &FunctionCode,
+    runtime: &mut EnteredRuntime,
+    inbox: &Rc<FnInbox>,
+) -> Result<(), String> {
 
     let main = specifier(MAIN_SPECIFIER)?;
     let entry = match code.kind {
@@ -146,13 +224,16 @@ async fn serve(code: &FunctionCode, inbox: Rc<FnInbox>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     // Serve until the job channel closes, counting the CPU time spent in JS.
     let cpu = code.cpu_micros.clone();
+    let charge = inbox.clone();
     runtime
         .run(|rt| {
             std::future::poll_fn(move |cx| {
                 let started = cpu_time::ThreadTime::try_now().ok();
                 let result = rt.poll_event_loop(cx, PollEventLoopOptions::default());
                 if let Some(spent) = started.and_then(|t| t.try_elapsed().ok()) {
-                    cpu.fetch_add(spent.as_micros() as u64, Ordering::Relaxed);
+                    let micros = spent.as_micros() as u64;
+                    cpu.fetch_add(micros, Ordering::Relaxed);
+                    charge.charge_cpu(micros);
                 }
                 result
             })
@@ -160,7 +241,10 @@ async fn serve(code: &FunctionCode, inbox: Rc<FnInbox>) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     if inbox.in_flight() > 0 {
-        inbox.fail_all("the isolate's event loop ended before the request finished");
+        inbox.fail_all(
+            "the isolate's event loop ended before the request finished",
+            None,
+        );
     }
     Ok(())
 }

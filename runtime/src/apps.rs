@@ -53,12 +53,19 @@ pub struct Apps {
     logs_per_function: usize,
     object_idle_ms: u64,
     object_timeout_ms: u64,
+    object_cpu_limit_ms: u64,
+    max_subrequests: u32,
+    fetch_timeout_ms: u64,
 }
 
 /// Limits and timings the registry applies to what it publishes.
 pub struct RegistryOptions {
     /// Worker threads (0: one per core).
     pub workers: usize,
+    /// CPU limit per Durable Object event (0: no watchdog).
+    pub object_cpu_limit_ms: u64,
+    pub max_subrequests: u32,
+    pub fetch_timeout_ms: u64,
     pub max_concurrency: usize,
     pub logs_per_function: usize,
     pub object_idle_ms: u64,
@@ -286,6 +293,9 @@ impl Apps {
             logs_per_function: options.logs_per_function,
             object_idle_ms: options.object_idle_ms,
             object_timeout_ms: options.object_timeout_ms,
+            object_cpu_limit_ms: options.object_cpu_limit_ms,
+            max_subrequests: options.max_subrequests,
+            fetch_timeout_ms: options.fetch_timeout_ms,
         };
         let entries = std::fs::read_dir(&root).map_err(|e| KvError::Sled(e.into()))?;
         for entry in entries.flatten() {
@@ -351,7 +361,10 @@ impl Apps {
             env,
             limits: Limits {
                 timeout_ms: f.timeout_ms,
+                cpu_ms: f.cpu_limit_ms,
                 memory_limit_mb: f.memory_limit_mb,
+                max_subrequests: self.max_subrequests,
+                fetch_timeout_ms: self.fetch_timeout_ms,
                 ..Limits::default()
             },
             kind: CodeKind::Function,
@@ -382,6 +395,9 @@ impl Apps {
             env: app.record().do_env,
             limits: Limits {
                 timeout_ms: self.object_timeout_ms,
+                cpu_ms: self.object_cpu_limit_ms,
+                max_subrequests: self.max_subrequests,
+                fetch_timeout_ms: self.fetch_timeout_ms,
                 ..Limits::default()
             },
             kind: CodeKind::DurableObject(DurableObjectBinding {

@@ -17,6 +17,8 @@ pub struct Config {
     /// Worker threads serving HTTP and running isolates (0: one per core).
     pub workers: usize,
     pub default_timeout_ms: u64,
+    /// CPU time one uninterrupted stretch of a function's JavaScript may take.
+    pub default_cpu_limit_ms: u64,
     pub default_memory_limit_mb: u64,
     pub max_concurrency: usize,
     /// Warm isolates unused this long are dropped.
@@ -29,6 +31,19 @@ pub struct Config {
     pub object_idle_ms: u64,
     /// Longest a Durable Object event may take to answer.
     pub object_event_timeout_ms: u64,
+    /// CPU time per Durable Object event.
+    pub object_cpu_limit_ms: u64,
+    /// Stop runaway scripts (turning it off only makes sense for measuring
+    /// what the watchdog costs).
+    pub watchdog: bool,
+    /// Concurrent outbound fetches per request.
+    pub max_subrequests: u32,
+    /// Total time one outbound fetch may take.
+    pub fetch_timeout_ms: u64,
+    /// Let user code fetch private, loopback and link-local addresses.
+    pub fetch_allow_private: bool,
+    /// More hosts, IPs or CIDR ranges user code may not fetch.
+    pub fetch_deny: Vec<String>,
 }
 
 impl Default for Config {
@@ -40,6 +55,7 @@ impl Default for Config {
             max_body_bytes: 10 * 1024 * 1024,
             workers: 0,
             default_timeout_ms: 30_000,
+            default_cpu_limit_ms: 2_000,
             default_memory_limit_mb: 128,
             max_concurrency: 100,
             isolate_idle_secs: 900,
@@ -47,6 +63,12 @@ impl Default for Config {
             domain: None,
             object_idle_ms: 70_000,
             object_event_timeout_ms: 30_000,
+            object_cpu_limit_ms: 30_000,
+            watchdog: true,
+            max_subrequests: 50,
+            fetch_timeout_ms: 30_000,
+            fetch_allow_private: false,
+            fetch_deny: Vec::new(),
         }
     }
 }
@@ -61,6 +83,7 @@ pub struct ConfigFile {
     pub max_body_bytes: Option<usize>,
     pub workers: Option<usize>,
     pub default_timeout_ms: Option<u64>,
+    pub default_cpu_limit_ms: Option<u64>,
     pub default_memory_limit_mb: Option<u64>,
     pub max_concurrency: Option<usize>,
     pub isolate_idle_secs: Option<u64>,
@@ -68,6 +91,12 @@ pub struct ConfigFile {
     pub domain: Option<String>,
     pub object_idle_ms: Option<u64>,
     pub object_event_timeout_ms: Option<u64>,
+    pub object_cpu_limit_ms: Option<u64>,
+    pub watchdog: Option<bool>,
+    pub max_subrequests: Option<u32>,
+    pub fetch_timeout_ms: Option<u64>,
+    pub fetch_allow_private: Option<bool>,
+    pub fetch_deny: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +156,7 @@ impl ConfigFile {
             max_body_bytes: parse(&vars, "CHURN_MAX_BODY_BYTES")?,
             workers: parse(&vars, "CHURN_WORKERS")?,
             default_timeout_ms: parse(&vars, "CHURN_DEFAULT_TIMEOUT_MS")?,
+            default_cpu_limit_ms: parse(&vars, "CHURN_DEFAULT_CPU_LIMIT_MS")?,
             default_memory_limit_mb: parse(&vars, "CHURN_DEFAULT_MEMORY_LIMIT_MB")?,
             max_concurrency: parse(&vars, "CHURN_MAX_CONCURRENCY")?,
             isolate_idle_secs: parse(&vars, "CHURN_ISOLATE_IDLE_SECS")?,
@@ -134,6 +164,18 @@ impl ConfigFile {
             domain: vars("CHURN_DOMAIN"),
             object_idle_ms: parse(&vars, "CHURN_OBJECT_IDLE_MS")?,
             object_event_timeout_ms: parse(&vars, "CHURN_OBJECT_EVENT_TIMEOUT_MS")?,
+            object_cpu_limit_ms: parse(&vars, "CHURN_OBJECT_CPU_LIMIT_MS")?,
+            watchdog: parse(&vars, "CHURN_WATCHDOG")?,
+            max_subrequests: parse(&vars, "CHURN_MAX_SUBREQUESTS")?,
+            fetch_timeout_ms: parse(&vars, "CHURN_FETCH_TIMEOUT_MS")?,
+            fetch_allow_private: parse(&vars, "CHURN_FETCH_ALLOW_PRIVATE")?,
+            fetch_deny: vars("CHURN_FETCH_DENY").map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }),
         })
     }
 }
@@ -150,12 +192,19 @@ impl Config {
             max_body_bytes,
             workers,
             default_timeout_ms,
+            default_cpu_limit_ms,
             default_memory_limit_mb,
             max_concurrency,
             isolate_idle_secs,
             logs_per_function,
             object_idle_ms,
-            object_event_timeout_ms
+            object_event_timeout_ms,
+            object_cpu_limit_ms,
+            watchdog,
+            max_subrequests,
+            fetch_timeout_ms,
+            fetch_allow_private,
+            fetch_deny
         );
         if layer.public_url.is_some() {
             self.public_url = layer.public_url;
@@ -164,6 +213,37 @@ impl Config {
             self.domain = layer.domain;
         }
         self
+    }
+
+    /// Where user code may not fetch: private ranges (unless allowed), the
+    /// configured extra entries, and this host itself (its control API).
+    pub fn fetch_denied(&self, bound: SocketAddr) -> Vec<String> {
+        let mut deny: Vec<String> = Vec::new();
+        if !self.fetch_allow_private {
+            deny.extend(
+                [
+                    "0.0.0.0/8",
+                    "10.0.0.0/8",
+                    "100.64.0.0/10",
+                    "127.0.0.0/8",
+                    "169.254.0.0/16",
+                    "172.16.0.0/12",
+                    "192.168.0.0/16",
+                    "::1/128",
+                    "fc00::/7",
+                    "fe80::/10",
+                ]
+                .map(str::to_string),
+            );
+        }
+        deny.extend(self.fetch_deny.iter().cloned());
+        let port = bound.port();
+        deny.push(format!("{}:{port}", bound.ip()));
+        deny.push(format!("localhost:{port}"));
+        if bound.ip().is_unspecified() {
+            deny.push(format!("127.0.0.1:{port}"));
+        }
+        deny
     }
 
     /// The base URL users reach this host at, without a trailing slash.

@@ -56,6 +56,9 @@ pub fn open_host(
         &config.data_dir,
         apps::RegistryOptions {
             workers: config.workers,
+            object_cpu_limit_ms: if config.watchdog { config.object_cpu_limit_ms } else { 0 },
+            max_subrequests: config.max_subrequests,
+            fetch_timeout_ms: config.fetch_timeout_ms,
             max_concurrency: config.max_concurrency,
             logs_per_function: config.logs_per_function,
             object_idle_ms: config.object_idle_ms,
@@ -63,6 +66,9 @@ pub fn open_host(
         },
     )?;
     let public_base = config.public_base(bound);
+    churn_isolates::set_net_policy(churn_isolates::NetPolicy {
+        deny: config.fetch_denied(bound),
+    });
     Ok((
         Arc::new(Host {
             config,

@@ -67,6 +67,9 @@ pub struct FunctionRecord {
     pub description: Option<String>,
     pub env_vars: BTreeMap<String, String>,
     pub timeout_ms: u64,
+    /// 0 when the host runs without its CPU watchdog.
+    #[serde(default)]
+    pub cpu_limit_ms: u64,
     pub memory_limit_mb: u64,
     pub triggers: Vec<Trigger>,
     pub created_at: String,
@@ -93,7 +96,14 @@ pub struct LogEntry {
     pub path: String,
     pub status: u16,
     pub duration_ms: u64,
+    /// CPU time spent while the invocation ran (an upper bound when it ran
+    /// concurrently with others).
+    #[serde(default)]
+    pub cpu_ms: f64,
     pub error: Option<String>,
     pub stack: Option<String>,
+    /// The limit that stopped it (`cpu`, `memory`, `timeout`), if one did.
+    #[serde(default)]
+    pub limit: Option<String>,
     pub logs: Vec<LogLine>,
 }

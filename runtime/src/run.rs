@@ -161,6 +161,11 @@ pub async fn run_function(
             (None, Some(e)) => (Some(e.message), e.stack),
             (None, None) => (None, None),
         };
+        let limit = match &head_error {
+            Some(InvokeError::Limit { reason, .. }) => Some(reason.to_string()),
+            Some(InvokeError::Timeout { .. }) => Some("timeout".to_string()),
+            _ => None,
+        };
         let entry = LogEntry {
             id: info.request_id.clone(),
             request_id: info.request_id,
@@ -170,8 +175,10 @@ pub async fn run_function(
             path: info.path,
             status,
             duration_ms,
+            cpu_ms: completion.cpu_micros as f64 / 1000.0,
             error,
             stack,
+            limit,
             logs: completion.logs,
         };
         host.apps.record_invocation(&app, &name, entry);
@@ -194,6 +201,16 @@ pub fn invoke_error(e: &InvokeError, duration_ms: u64) -> ApiError {
         )
         .fix("make the handler respond sooner, or deploy it with a larger timeoutMs")
         .with("duration_ms", duration_ms.into()),
+        InvokeError::Limit { reason, message } => ApiError::new(
+            StatusCode::from_u16(546).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "WORKER_LIMIT",
+            message.clone(),
+        )
+        .fix(match *reason {
+            "cpu" => "the script ran too long without yielding: make the work smaller or split it up",
+            _ => "the script used too much memory: process less at once, or deploy with a larger memoryLimitMb",
+        })
+        .with("reason", (*reason).into()),
         InvokeError::IsolateGone(message) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "FUNCTION_ERROR",

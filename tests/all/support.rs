@@ -41,6 +41,9 @@ impl Server {
             .arg(data_dir)
             .env_remove("CHURN_CONFIG")
             .env("CHURN_LOG", "warn")
+            // Tests fetch a local helper server (Gate); the default blocks
+            // private addresses, which limits.rs checks on its own.
+            .env("CHURN_FETCH_ALLOW_PRIVATE", "true")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {

@@ -58,9 +58,12 @@ pub struct FnConfig {
     /// For Durable Objects: the exported class and the idle eviction time.
     pub class_name: Option<String>,
     pub idle_ms: u64,
+    pub max_subrequests: u32,
+    pub fetch_timeout_ms: u64,
 }
 
 struct Pending {
+    cpu_micros: u64,
     head: Option<oneshot::Sender<Result<ResponseHead, ScriptError>>>,
     body: Option<mpsc::Sender<Result<Bytes, String>>>,
     done: oneshot::Sender<Completion>,
@@ -78,17 +81,26 @@ impl FnInbox {
         })
     }
 
+    /// Charges CPU time spent by the isolate to every request in flight.
+    pub fn charge_cpu(&self, micros: u64) {
+        for p in self.pending.borrow_mut().values_mut() {
+            p.cpu_micros += micros;
+        }
+    }
+
     /// Requests that have been taken by the script and not finished yet.
     pub fn in_flight(&self) -> usize {
         self.pending.borrow().len()
     }
 
-    /// Fails every request still in flight (the isolate is going away).
-    pub fn fail_all(&self, message: &str) {
+    /// Fails every request still in flight (the isolate is going away),
+    /// naming the limit that stopped it, if one did.
+    pub fn fail_all(&self, message: &str, limit: Option<&'static str>) {
         for (_, p) in self.pending.borrow_mut().drain() {
             let error = ScriptError {
                 message: message.to_string(),
                 stack: None,
+                limit,
             };
             if let Some(head) = p.head {
                 let _ = head.send(Err(error.clone()));
@@ -98,13 +110,14 @@ impl FnInbox {
             }
             let _ = p.done.send(Completion {
                 logs: p.logs,
+                cpu_micros: p.cpu_micros,
                 error: Some(error),
             });
         }
     }
 
     /// Answers every job still queued (never taken by the script) with an error.
-    pub fn reject_queued(&self, message: &str) {
+    pub fn reject_queued(&self, message: &str, limit: Option<&'static str>) {
         let Some(mut jobs) = self.jobs.borrow_mut().take() else {
             return;
         };
@@ -113,13 +126,14 @@ impl FnInbox {
             let error = ScriptError {
                 message: message.to_string(),
                 stack: None,
+                limit,
             };
             if let Some(head) = job.reply.head {
                 let _ = head.send(Err(error.clone()));
             }
             let _ = job.reply.done.send(Completion {
-                logs: Vec::new(),
                 error: Some(error),
+                ..Default::default()
             });
         }
     }
@@ -173,6 +187,7 @@ async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
     inbox.pending.borrow_mut().insert(
         id,
         Pending {
+            cpu_micros: 0,
             head: reply.head,
             body: None,
             done: reply.done,
@@ -336,15 +351,18 @@ fn op_fn_done(state: &mut OpState, #[smi] id: u32, #[serde] error: Option<JsErro
     let error = error.map(|e| ScriptError {
         message: e.message,
         stack: e.stack,
+        limit: None,
     });
     if let Some(head) = p.head {
         let _ = head.send(Err(error.clone().unwrap_or_else(|| ScriptError {
             message: "the handler finished without returning a Response".to_string(),
             stack: None,
+            limit: None,
         })));
     }
     let _ = p.done.send(Completion {
         logs: p.logs,
+        cpu_micros: p.cpu_micros,
         error,
     });
 }

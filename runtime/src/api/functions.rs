@@ -28,6 +28,7 @@ struct DeployRequest {
     description: Option<String>,
     env_vars: Option<BTreeMap<String, String>>,
     timeout_ms: Option<u64>,
+    cpu_limit_ms: Option<u64>,
     memory_limit_mb: Option<u64>,
     trigger: Option<Trigger>,
     triggers: Option<Vec<Trigger>>,
@@ -129,6 +130,11 @@ pub async fn deploy(
     if !(1..=900_000).contains(&timeout_ms) {
         return Err(ApiError::invalid("timeoutMs must be between 1 and 900000"));
     }
+    let cpu_limit_ms = request.cpu_limit_ms.unwrap_or(host.config.default_cpu_limit_ms);
+    if !(10..=300_000).contains(&cpu_limit_ms) {
+        return Err(ApiError::invalid("cpuLimitMs must be between 10 and 300000"));
+    }
+    let cpu_limit_ms = if host.config.watchdog { cpu_limit_ms } else { 0 };
     let memory_limit_mb = request
         .memory_limit_mb
         .unwrap_or(host.config.default_memory_limit_mb);
@@ -168,6 +174,7 @@ pub async fn deploy(
         description: request.description,
         env_vars,
         timeout_ms,
+        cpu_limit_ms,
         memory_limit_mb,
         triggers,
         created_at: previous
@@ -246,7 +253,11 @@ pub fn get(host: &SharedHost, app_id: &str, name: &str) -> Result<Response<Body>
             "limits".into(),
             json!({
                 "timeoutMs": f.timeout_ms,
+                "cpuLimitMs": f.cpu_limit_ms,
                 "memoryLimitMb": f.memory_limit_mb,
+                "waitUntilMs": 30_000,
+                "maxSubrequests": host.config.max_subrequests,
+                "fetchTimeoutMs": host.config.fetch_timeout_ms,
                 "maxConcurrency": host.config.max_concurrency,
                 "maxBodyBytes": host.config.max_body_bytes,
             }),
