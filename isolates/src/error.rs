@@ -13,7 +13,10 @@ pub enum InvokeError {
     Timeout { timeout_ms: u64 },
     /// The isolate was stopped for going over a limit (`cpu`, `memory`).
     #[error("the function went over its {reason} limit: {message}")]
-    Limit { reason: &'static str, message: String },
+    Limit {
+        reason: &'static str,
+        message: String,
+    },
     /// The isolate went away before answering (it was killed or crashed).
     #[error("the isolate stopped before answering: {0}")]
     IsolateGone(String),

@@ -210,7 +210,12 @@ impl IsolatePool {
     /// The worker a job for `code` (and instance) goes to: a Durable Object
     /// instance's fixed thread; for a function, the current worker if this is
     /// one, else the next in turn.
-    fn route(&self, code: &Arc<FunctionCode>, instance: Option<&str>, job: Job) -> Result<(), InvokeError> {
+    fn route(
+        &self,
+        code: &Arc<FunctionCode>,
+        instance: Option<&str>,
+        job: Job,
+    ) -> Result<(), InvokeError> {
         let target = match instance {
             Some(id) => {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -225,7 +230,9 @@ impl IsolatePool {
                 return Ok(());
             }
         }
-        let index = target.unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1));
+        let index = target.unwrap_or_else(|| {
+            self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len().max(1)
+        });
         self.workers
             .get(index)
             .ok_or_else(|| InvokeError::IsolateGone("no worker threads".into()))?
@@ -280,7 +287,12 @@ impl IsolatePool {
     }
 
     /// Fires a Durable Object instance's alarm; resolves with how it went.
-    pub async fn alarm(&self, code: &Arc<FunctionCode>, instance: String, retry_count: u32) -> Completion {
+    pub async fn alarm(
+        &self,
+        code: &Arc<FunctionCode>,
+        instance: String,
+        retry_count: u32,
+    ) -> Completion {
         let (done_tx, done_rx) = oneshot::channel();
         let target = instance.clone();
         let job = Job {

@@ -13,11 +13,11 @@ use tokio::sync::mpsc;
 use std::time::Duration;
 
 use crate::entered::EnteredRuntime;
-use crate::watchdog::{Killed, Slot};
 use crate::ext::do_ops::DoContext;
 use crate::ext::fn_ops::{FnConfig, FnInbox};
 use crate::invocation::{CodeKind, FunctionCode, Job};
 use crate::snapshot::{RESIDUAL_LAZY_ESM, RESIDUAL_LAZY_JS, SNAPSHOT};
+use crate::watchdog::{Killed, Slot};
 
 const USER_SPECIFIER: &str = "churn:user";
 const MAIN_SPECIFIER: &str = "churn:main";
@@ -205,7 +205,6 @@ async fn serve_module(
     runtime: &mut EnteredRuntime,
     inbox: &Rc<FnInbox>,
 ) -> Result<(), String> {
-
     let main = specifier(MAIN_SPECIFIER)?;
     let entry = match code.kind {
         CodeKind::Function => FUNCTION_MAIN,

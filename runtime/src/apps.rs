@@ -235,7 +235,8 @@ impl App {
 
     /// Writes buffered invocation records and stats to sled.
     pub fn flush_logs(&self, keep_per_function: usize) {
-        let pending = std::mem::take(&mut *self.unflushed.lock().unwrap_or_else(|p| p.into_inner()));
+        let pending =
+            std::mem::take(&mut *self.unflushed.lock().unwrap_or_else(|p| p.into_inner()));
         if pending.logs.is_empty() && pending.stats.is_empty() {
             return;
         }
@@ -480,7 +481,12 @@ impl Apps {
         {
             let mut cache = app.stats_cache.lock().unwrap_or_else(|p| p.into_inner());
             if !cache.contains_key(name) {
-                let stored = app.stats.get(name.as_bytes()).ok().flatten().unwrap_or_default();
+                let stored = app
+                    .stats
+                    .get(name.as_bytes())
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
                 cache.insert(name.to_string(), stored);
             }
             if let Some(stats) = cache.get_mut(name) {

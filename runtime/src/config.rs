@@ -44,6 +44,9 @@ pub struct Config {
     pub fetch_allow_private: bool,
     /// More hosts, IPs or CIDR ranges user code may not fetch.
     pub fetch_deny: Vec<String>,
+    /// Enables `/_churn/test/*` routes used by the test suite (never in
+    /// production).
+    pub test_routes: bool,
 }
 
 impl Default for Config {
@@ -69,6 +72,7 @@ impl Default for Config {
             fetch_timeout_ms: 30_000,
             fetch_allow_private: false,
             fetch_deny: Vec::new(),
+            test_routes: false,
         }
     }
 }
@@ -97,6 +101,7 @@ pub struct ConfigFile {
     pub fetch_timeout_ms: Option<u64>,
     pub fetch_allow_private: Option<bool>,
     pub fetch_deny: Option<Vec<String>>,
+    pub test_routes: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +181,7 @@ impl ConfigFile {
                     .map(str::to_string)
                     .collect()
             }),
+            test_routes: parse(&vars, "CHURN_TEST_ROUTES")?,
         })
     }
 }
@@ -204,7 +210,8 @@ impl Config {
             max_subrequests,
             fetch_timeout_ms,
             fetch_allow_private,
-            fetch_deny
+            fetch_deny,
+            test_routes
         );
         if layer.public_url.is_some() {
             self.public_url = layer.public_url;
@@ -229,9 +236,10 @@ impl Config {
                     "169.254.0.0/16",
                     "172.16.0.0/12",
                     "192.168.0.0/16",
-                    "::1/128",
-                    "fc00::/7",
-                    "fe80::/10",
+                    // deno_permissions takes IPv6 only as single bracketed
+                    // addresses, not ranges.
+                    "[::1]",
+                    "[::]",
                 ]
                 .map(str::to_string),
             );

@@ -56,7 +56,11 @@ pub fn open_host(
         &config.data_dir,
         apps::RegistryOptions {
             workers: config.workers,
-            object_cpu_limit_ms: if config.watchdog { config.object_cpu_limit_ms } else { 0 },
+            object_cpu_limit_ms: if config.watchdog {
+                config.object_cpu_limit_ms
+            } else {
+                0
+            },
             max_subrequests: config.max_subrequests,
             fetch_timeout_ms: config.fetch_timeout_ms,
             max_concurrency: config.max_concurrency,

@@ -89,7 +89,11 @@ pub fn request_id() -> String {
     use std::sync::LazyLock;
     static BOOT: LazyLock<u32> = LazyLock::new(rand::random);
     static COUNTER: AtomicU64 = AtomicU64::new(1);
-    format!("{:08x}-{:012x}", *BOOT, COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{:08x}-{:012x}",
+        *BOOT,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// What the caller needs to know to record an invocation.

@@ -54,6 +54,10 @@ async fn route(host: SharedHost, req: Request<Incoming>, remote: SocketAddr) -> 
         ["health"] if req.method() == Method::GET => {
             json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
         }
+        // Lets the test suite prove that a panic costs only its request.
+        ["_churn", "test", "panic"] if host.config.test_routes => {
+            panic!("deliberate panic for the test suite")
+        }
         ["v1", app, "fn", name, ..] => {
             crate::data_plane::serve_function(&host, req, remote, app, name).await
         }

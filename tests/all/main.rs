@@ -7,5 +7,7 @@ mod auth;
 mod bodies;
 mod control;
 mod functions;
+mod fuzz;
+mod limits;
 mod objects;
 mod restart;

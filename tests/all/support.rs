@@ -75,6 +75,10 @@ impl Server {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILLs the process (no graceful shutdown).
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -130,11 +130,19 @@ pub async fn deploy(
     if !(1..=900_000).contains(&timeout_ms) {
         return Err(ApiError::invalid("timeoutMs must be between 1 and 900000"));
     }
-    let cpu_limit_ms = request.cpu_limit_ms.unwrap_or(host.config.default_cpu_limit_ms);
+    let cpu_limit_ms = request
+        .cpu_limit_ms
+        .unwrap_or(host.config.default_cpu_limit_ms);
     if !(10..=300_000).contains(&cpu_limit_ms) {
-        return Err(ApiError::invalid("cpuLimitMs must be between 10 and 300000"));
+        return Err(ApiError::invalid(
+            "cpuLimitMs must be between 10 and 300000",
+        ));
     }
-    let cpu_limit_ms = if host.config.watchdog { cpu_limit_ms } else { 0 };
+    let cpu_limit_ms = if host.config.watchdog {
+        cpu_limit_ms
+    } else {
+        0
+    };
     let memory_limit_mb = request
         .memory_limit_mb
         .unwrap_or(host.config.default_memory_limit_mb);
