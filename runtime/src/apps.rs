@@ -186,6 +186,23 @@ impl App {
         Ok(self.stats.get(name.as_bytes())?.unwrap_or_default())
     }
 
+    pub fn cron_state(&self, name: &str) -> Option<crate::cron::CronState> {
+        self.meta
+            .get(format!("cron:{name}").as_bytes())
+            .ok()
+            .flatten()
+    }
+
+    /// Stores the cron state durably (a claimed tick must not run twice).
+    pub fn set_cron_state(
+        &self,
+        name: &str,
+        state: &crate::cron::CronState,
+    ) -> Result<(), KvError> {
+        self.meta
+            .put_durable(format!("cron:{name}").as_bytes(), state)
+    }
+
     pub fn object(&self, name: &str) -> Result<Option<ObjectRecord>, KvError> {
         self.objects.get(name.as_bytes())
     }
@@ -325,6 +342,15 @@ impl Apps {
         Ok(apps)
     }
 
+    pub fn all(&self) -> Vec<Arc<App>> {
+        self.apps
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<App>> {
         self.apps
             .read()
@@ -455,6 +481,7 @@ impl Apps {
     pub fn delete_function(&self, app: &App, name: &str) -> Result<bool, KvError> {
         let existed = app.functions.delete(name.as_bytes())?;
         app.stats.delete(name.as_bytes())?;
+        app.meta.delete(format!("cron:{name}").as_bytes())?;
         app.logs.delete_prefix(&log_prefix(name))?;
         app.kv.flush()?;
         app.stats_cache

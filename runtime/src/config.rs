@@ -44,6 +44,8 @@ pub struct Config {
     pub fetch_allow_private: bool,
     /// More hosts, IPs or CIDR ranges user code may not fetch.
     pub fetch_deny: Vec<String>,
+    /// After downtime, a cron tick missed this recently is run once.
+    pub cron_catch_up_ms: u64,
     /// Enables `/_churn/test/*` routes used by the test suite (never in
     /// production).
     pub test_routes: bool,
@@ -73,6 +75,7 @@ impl Default for Config {
             fetch_allow_private: false,
             fetch_deny: Vec::new(),
             test_routes: false,
+            cron_catch_up_ms: 3_600_000,
         }
     }
 }
@@ -102,6 +105,7 @@ pub struct ConfigFile {
     pub fetch_allow_private: Option<bool>,
     pub fetch_deny: Option<Vec<String>>,
     pub test_routes: Option<bool>,
+    pub cron_catch_up_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +186,7 @@ impl ConfigFile {
                     .collect()
             }),
             test_routes: parse(&vars, "CHURN_TEST_ROUTES")?,
+            cron_catch_up_ms: parse(&vars, "CHURN_CRON_CATCH_UP_MS")?,
         })
     }
 }
@@ -211,7 +216,8 @@ impl Config {
             fetch_timeout_ms,
             fetch_allow_private,
             fetch_deny,
-            test_routes
+            test_routes,
+            cron_catch_up_ms
         );
         if layer.public_url.is_some() {
             self.public_url = layer.public_url;

@@ -8,6 +8,7 @@
 mod api;
 mod apps;
 mod config;
+mod cron;
 mod data_plane;
 mod error;
 mod host;
@@ -73,13 +74,19 @@ pub fn open_host(
     churn_isolates::set_net_policy(churn_isolates::NetPolicy {
         deny: config.fetch_denied(bound),
     });
-    Ok((
-        Arc::new(Host {
-            config,
-            apps,
-            keys,
-            public_base,
-        }),
-        first_key,
-    ))
+    let host = Arc::new(Host {
+        config,
+        apps,
+        keys,
+        public_base,
+        cron: std::sync::OnceLock::new(),
+    });
+    let scheduler = cron::CronScheduler::start(host.clone());
+    for app in host.apps.all() {
+        for f in app.functions()? {
+            scheduler.update(&app.id, &f, true);
+        }
+    }
+    let _ = host.cron.set(scheduler);
+    Ok((host, first_key))
 }

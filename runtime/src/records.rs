@@ -106,4 +106,18 @@ pub struct LogEntry {
     #[serde(default)]
     pub limit: Option<String>,
     pub logs: Vec<LogLine>,
+    /// For cron runs: which scheduled time and attempt this was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<CronRun>,
+}
+
+/// A cron run's place in the schedule.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CronRun {
+    pub scheduled_time: String,
+    pub attempt: u32,
+    /// Run after a restart for a tick missed while the host was down.
+    pub catch_up: bool,
+    /// Not run: the previous run was still going.
+    pub skipped: bool,
 }

@@ -184,6 +184,7 @@ pub async fn run_function(
             stack,
             limit,
             logs: completion.logs,
+            cron: None,
         };
         host.apps.record_invocation(&app, &name, entry);
     });

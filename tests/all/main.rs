@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod bodies;
 mod control;
+mod cron;
 mod functions;
 mod fuzz;
 mod limits;

@@ -35,6 +35,11 @@ impl Server {
         Self::spawn(data_dir, None, env)
     }
 
+    /// Starts with a known key (if any) and extra environment.
+    pub fn spawn_with(data_dir: &Path, key: Option<String>, env: &[(&str, &str)]) -> Server {
+        Self::spawn(data_dir, key, env)
+    }
+
     fn spawn(data_dir: &Path, key: Option<String>, env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_churn"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])

@@ -83,12 +83,15 @@ fn check_triggers(mut triggers: Vec<Trigger>) -> Result<Vec<Trigger>, ApiError> 
                     }
                 }
             }
-            "cron" | "websocket" => {
+            "cron" => {
+                crate::cron::CronSpec::parse(&t.config).map_err(ApiError::invalid)?;
+            }
+            "websocket" => {
                 return Err(ApiError::invalid(format!(
                     "trigger type {:?} is not available on this host yet",
                     t.kind
                 ))
-                .fix("deploy with an http trigger for now"))
+                .fix("deploy with an http or cron trigger for now"))
             }
             other => {
                 return Err(ApiError::invalid(format!(
@@ -192,6 +195,7 @@ pub async fn deploy(
         deployed_at: now,
     };
     host.apps.save_function(&app, &record)?;
+    host.cron_update(app_id, &record);
     let status = if previous.is_some() {
         StatusCode::OK
     } else {
@@ -253,6 +257,14 @@ pub fn get(host: &SharedHost, app_id: &str, name: &str) -> Result<Response<Body>
     };
     if let Some(obj) = out.as_object_mut() {
         obj.insert("code".into(), f.code.clone().into());
+        if let Some(spec) = crate::cron::CronSpec::of(&f) {
+            let next: Vec<String> = spec
+                .upcoming(5)
+                .iter()
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .collect();
+            obj.insert("nextRuns".into(), json!(next));
+        }
         obj.insert(
             "envKeys".into(),
             json!(f.env_vars.keys().collect::<Vec<_>>()),
@@ -288,6 +300,7 @@ pub fn delete(host: &SharedHost, app_id: &str, name: &str) -> Result<Response<Bo
     if !host.apps.delete_function(&app, name)? {
         return Err(function_not_found(app_id, name));
     }
+    host.cron_remove(app_id, name);
     Ok(json_response(
         StatusCode::OK,
         &json!({ "deleted": true, "name": name }),
@@ -496,4 +509,38 @@ fn form_urlencoded(query: &str) -> Vec<(String, String)> {
             (decode(k), decode(v))
         })
         .collect()
+}
+
+/// `POST …/functions/{name}/trigger`: runs a cron function now, once.
+pub async fn trigger(
+    host: &SharedHost,
+    app_id: &str,
+    name: &str,
+) -> Result<Response<Body>, ApiError> {
+    let app = existing(host, app_id)?;
+    let f = app
+        .function(name)?
+        .ok_or_else(|| function_not_found(app_id, name))?;
+    let Some(spec) = crate::cron::CronSpec::of(&f) else {
+        return Err(
+            ApiError::invalid(format!("function {name:?} has no cron trigger"))
+                .fix("use POST …/invoke to call a function without a schedule"),
+        );
+    };
+    let started = std::time::Instant::now();
+    let status = crate::cron::run_once(
+        host,
+        app_id,
+        name,
+        &spec.schedule,
+        chrono::Utc::now(),
+        "manual",
+        None,
+    )
+    .await
+    .ok_or_else(|| function_not_found(app_id, name))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "status": status, "duration_ms": started.elapsed().as_millis() as u64 }),
+    ))
 }

@@ -75,6 +75,10 @@ async fn route(
             functions::invoke(host, req, app_id, name).await
         }
         (["functions", _, "invoke"], _) => Err(method_not_allowed("POST")),
+        (["functions", name, "trigger"], &Method::POST) => {
+            functions::trigger(host, app_id, name).await
+        }
+        (["functions", _, "trigger"], _) => Err(method_not_allowed("POST")),
         (["functions", name, "logs"], &Method::GET) => functions::logs(host, &req, app_id, name),
         (["functions", _, "logs"], _) => Err(method_not_allowed("GET")),
         (["env"], &Method::GET) => app::get_env(host, app_id),
