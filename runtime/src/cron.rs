@@ -134,7 +134,7 @@ enum Message {
     Upsert {
         app: String,
         name: String,
-        spec: CronSpec,
+        spec: Box<CronSpec>,
         restored: bool,
     },
     Remove {
@@ -169,7 +169,7 @@ impl CronScheduler {
             Some(spec) => Message::Upsert {
                 app: app.to_string(),
                 name: f.name.clone(),
-                spec,
+                spec: Box::new(spec),
                 restored,
             },
             None => Message::Remove {
@@ -213,7 +213,7 @@ async fn run(host: SharedHost, mut rx: mpsc::UnboundedReceiver<Message>) {
                             catch_up(&host, &app, &name, &spec, &running);
                         }
                         let next = spec.next_after(Utc::now());
-                        jobs.insert((app, name), Job { spec, next, running });
+                        jobs.insert((app, name), Job { spec: *spec, next, running });
                     }
                     Message::Remove { app, name } => {
                         jobs.remove(&(app, name));
