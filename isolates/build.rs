@@ -11,6 +11,9 @@ mod invocation;
 #[path = "src/ext/mod.rs"]
 mod ext;
 
+#[path = "src/sockets.rs"]
+mod sockets;
+
 #[path = "src/extensions.rs"]
 mod extensions;
 

@@ -12,6 +12,7 @@ mod auth;
 mod error;
 mod functions;
 mod objects;
+mod sockets;
 
 pub use alarms::{AlarmScheduler, FIRST_RETRY_DELAY, MAX_ALARM_RETRIES};
 pub use auth::{mint_user_token, verify_user_token, AuthError, UserClaims};
@@ -19,3 +20,5 @@ pub use churn_isolates::{CallerType, Invocation, IsolatePool, Started};
 pub use error::DispatchError;
 pub use functions::{AuthMode, DeployedFunction, Dispatcher, InFlight};
 pub use objects::{AccessMode, DeployedObject, ObjectUsage};
+pub use sockets::{serve_object_socket, socket_config, MAX_MESSAGE};
+pub use tokio_tungstenite;

@@ -168,7 +168,13 @@ function setUnhandledRejectionLogger() {
   });
 }
 
+/** Sends a response head with no body (a WebSocket upgrade). */
+function respondHead(id, status, headers) {
+  op_fn_respond(id, status, headers, EMPTY, false);
+}
+
 export const http = ObjectFreeze({
+  respondHead,
   describeError,
   makeRequest,
   sendResponse,

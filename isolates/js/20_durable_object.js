@@ -1,6 +1,7 @@
 // The Durable Object host: one isolate per class holds its live instances, delivers each instance's events one at a time (Cloudflare's input gate) and keeps their storage.
 import { core, primordials } from "ext:core/mod.js";
 import { http } from "ext:churn_fn/05_http.js";
+import { web } from "ext:churn_fn/00_globals.js";
 import {
   hideInternals,
   installFetchLimits,
@@ -8,6 +9,17 @@ import {
 } from "ext:churn_fn/10_function.js";
 
 const {
+  op_ws_create,
+  op_ws_accept,
+  op_ws_send_text,
+  op_ws_send_binary,
+  op_ws_close,
+  op_ws_list,
+  op_ws_tags,
+  op_ws_set_attachment,
+  op_ws_attachment,
+  op_ws_set_auto_response,
+  op_ws_auto_response,
   op_fn_next_request,
   op_fn_done,
   op_do_get,
@@ -37,7 +49,11 @@ const {
   StringPrototypeStartsWith,
   Symbol,
   TypeError,
+  ArrayBuffer,
+  Uint8Array,
 } = primordials;
+
+const { EventTarget, MessageEvent, CloseEvent, ErrorEvent } = web.event;
 
 const MAX_KEY_BYTES = 2048;
 const MAX_VALUE_BYTES = 131072;
@@ -187,6 +203,13 @@ class Instance {
     this.object = null;
     this.state = null;
     this.generation = 0;
+    /** WebSocket wrappers by socket id. */
+    this.sockets = new SafeMap();
+    /** Sockets accepted with the standard `accept()` (keep the object alive). */
+    this.standardSockets = 0;
+    /** Sends waiting for the output gate, in order. */
+    this.sendQueue = [];
+    this.sendDraining = false;
   }
 }
 
@@ -510,6 +533,40 @@ class DurableObjectState {
     );
   }
 
+  acceptWebSocket(ws, tags = []) {
+    const inst = this.#inst;
+    ownSocket(inst, ws);
+    if (!ArrayIsArray(tags) || tags.some((t) => typeof t !== "string")) {
+      throw new TypeError("tags must be an array of strings");
+    }
+    ws.markHibernatable(tags);
+  }
+
+  getWebSockets(tag = undefined) {
+    const inst = this.#inst;
+    return op_ws_list(inst.id, tag ?? null).map((id) => socketFor(inst, id));
+  }
+
+  getTags(ws) {
+    return op_ws_tags(ownSocket(this.#inst, ws));
+  }
+
+  setWebSocketAutoResponse(pair = undefined) {
+    if (pair === undefined || pair === null) {
+      op_ws_set_auto_response(this.#inst.id, null);
+      return;
+    }
+    if (!(pair instanceof WebSocketRequestResponsePair)) {
+      throw new TypeError("setWebSocketAutoResponse takes a WebSocketRequestResponsePair");
+    }
+    op_ws_set_auto_response(this.#inst.id, [pair.request, pair.response]);
+  }
+
+  getWebSocketAutoResponse() {
+    const pair = op_ws_auto_response(this.#inst.id);
+    return pair === null ? null : new WebSocketRequestResponsePair(pair[0], pair[1]);
+  }
+
   waitUntil(promise) {
     PromiseResolve(promise).catch((e) =>
       http.log(0, 3, `waitUntil promise rejected: ${http.describeError(e).message}\n`)
@@ -531,6 +588,209 @@ function ensureObject(inst) {
   const state = new DurableObjectState(inst);
   inst.state = state;
   inst.object = new ObjectClass(state, config.env);
+}
+
+// ---------------------------------------------------------------------------
+// WebSockets (Cloudflare's API, with hibernation)
+
+const kSocketId = Symbol("socket id");
+const kUpgrade = Symbol("webSocket upgrade");
+const OPEN = 1;
+const CLOSING = 2;
+const CLOSED = 3;
+
+/** Sends queued behind unflushed writes go out once those are durable. */
+async function drainSends(inst) {
+  inst.sendDraining = true;
+  try {
+    while (inst.sendQueue.length > 0) {
+      await outputGate(inst);
+      const batch = inst.sendQueue.splice(0);
+      for (const send of batch) send();
+    }
+  } finally {
+    inst.sendDraining = false;
+  }
+}
+
+function toSocketBytes(data) {
+  if (ObjectPrototypeIsPrototypeOf(ArrayBuffer.prototype, data)) {
+    return new Uint8Array(data);
+  }
+  if (ArrayBuffer.isView(data)) {
+    return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  }
+  throw new TypeError("WebSocket.send() takes a string, an ArrayBuffer or a typed array");
+}
+
+class WebSocket extends EventTarget {
+  #inst;
+  #hibernatable = false;
+  #accepted = false;
+  readyState = OPEN;
+
+  constructor(inst, id, hibernatable) {
+    super();
+    this.#inst = inst;
+    this[kSocketId] = id;
+    this.#hibernatable = hibernatable;
+    this.#accepted = hibernatable;
+  }
+
+  static get CONNECTING() { return 0; }
+  static get OPEN() { return OPEN; }
+  static get CLOSING() { return CLOSING; }
+  static get CLOSED() { return CLOSED; }
+
+  get url() { return null; }
+  get protocol() { return ""; }
+  get extensions() { return ""; }
+
+  get hibernatable() { return this.#hibernatable; }
+  get accepted() { return this.#accepted; }
+
+  /** The standard model: events arrive as "message"/"close"/"error". */
+  accept() {
+    if (this.#accepted) throw new TypeError("this WebSocket was already accepted");
+    op_ws_accept(this[kSocketId], false, []);
+    this.#accepted = true;
+    this.#inst.standardSockets++;
+  }
+
+  markHibernatable(tags) {
+    if (this.#accepted) throw new TypeError("this WebSocket was already accepted");
+    op_ws_accept(this[kSocketId], true, tags);
+    this.#accepted = true;
+    this.#hibernatable = true;
+  }
+
+  send(data) {
+    if (this.readyState !== OPEN) {
+      throw new TypeError("the WebSocket is not open");
+    }
+    const id = this[kSocketId];
+    const send = typeof data === "string"
+      ? () => op_ws_send_text(id, data)
+      : ((bytes) => () => op_ws_send_binary(id, bytes))(toSocketBytes(data));
+    const inst = this.#inst;
+    flush(inst);
+    if (inst.lastTicket <= inst.durableTicket && inst.sendQueue.length === 0) {
+      send();
+      return;
+    }
+    ArrayPrototypePush(inst.sendQueue, send);
+    if (!inst.sendDraining) drainSends(inst);
+  }
+
+  close(code = 1000, reason = "") {
+    if (this.readyState >= CLOSING) return;
+    this.readyState = CLOSING;
+    const id = this[kSocketId];
+    const inst = this.#inst;
+    const close = () => op_ws_close(id, code, String(reason));
+    if (inst.sendQueue.length > 0 || inst.lastTicket > inst.durableTicket) {
+      ArrayPrototypePush(inst.sendQueue, close);
+      if (!inst.sendDraining) drainSends(inst);
+    } else {
+      close();
+    }
+  }
+
+  serializeAttachment(value) {
+    const bytes = value === undefined || value === null
+      ? null
+      : core.serialize(value, { forStorage: true });
+    op_ws_set_attachment(this[kSocketId], bytes);
+  }
+
+  deserializeAttachment() {
+    const bytes = op_ws_attachment(this[kSocketId]);
+    return bytes === null ? null : decode(bytes);
+  }
+}
+
+/** The half of a pair handed to `new Response(null, { status: 101, webSocket })`. */
+class ClientWebSocket {
+  constructor(id) {
+    this[kSocketId] = id;
+  }
+}
+
+class WebSocketPair {
+  constructor() {
+    const inst = currentInstance.get();
+    if (inst === undefined) {
+      throw new TypeError("WebSocketPair can only be created while a Durable Object handles an event");
+    }
+    const id = op_ws_create(inst.id);
+    const server = new WebSocket(inst, id, false);
+    inst.sockets.set(id, server);
+    this[0] = new ClientWebSocket(id);
+    this[1] = server;
+  }
+}
+
+class WebSocketRequestResponsePair {
+  #request;
+  #response;
+  constructor(request, response) {
+    if (typeof request !== "string" || typeof response !== "string") {
+      throw new TypeError("WebSocketRequestResponsePair takes two strings");
+    }
+    this.#request = request;
+    this.#response = response;
+  }
+  get request() { return this.#request; }
+  get response() { return this.#response; }
+}
+
+/** The wrapper for socket `id` of `inst` (rebuilt after an eviction). */
+function socketFor(inst, id) {
+  let ws = inst.sockets.get(id);
+  if (ws === undefined) {
+    ws = new WebSocket(inst, id, true);
+    inst.sockets.set(id, ws);
+  }
+  return ws;
+}
+
+function ownSocket(inst, ws) {
+  const id = ws?.[kSocketId];
+  if (id === undefined || inst.sockets.get(id) !== ws) {
+    throw new TypeError("not a WebSocket of this Durable Object");
+  }
+  return id;
+}
+
+/** Lets `new Response(null, { status: 101, webSocket })` through. */
+function installWebSocketGlobals() {
+  const BaseResponse = globalThis.Response;
+  class Response extends BaseResponse {
+    constructor(body = null, init = undefined) {
+      if (init?.status === 101) {
+        const ws = init.webSocket;
+        if (ws?.[kSocketId] === undefined || !(ws instanceof ClientWebSocket)) {
+          throw new RangeError("a 101 response needs webSocket: the client half of a WebSocketPair");
+        }
+        super(null, { ...init, status: 200 });
+        this[kUpgrade] = ws;
+      } else {
+        super(body, init);
+      }
+    }
+    get status() {
+      return this[kUpgrade] ? 101 : super.status;
+    }
+    get webSocket() {
+      return this[kUpgrade] ?? null;
+    }
+  }
+  core.defineGlobalProperties(globalThis, {
+    Response: core.propNonEnumerable(Response),
+    WebSocket: core.propNonEnumerable(WebSocket),
+    WebSocketPair: core.propNonEnumerable(WebSocketPair),
+    WebSocketRequestResponsePair: core.propNonEnumerable(WebSocketRequestResponsePair),
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -627,13 +887,60 @@ async function runEvent(inst, ev) {
       }
       await object.alarm({ retryCount: ev.retryCount, isRetry: ev.retryCount > 0 });
       await outputGate(inst);
+    } else if (ev.kind === "ws_message") {
+      const ws = socketFor(inst, ev.socket);
+      const data = ev.text ?? ev.binary.buffer;
+      if (ws.hibernatable) {
+        if (typeof object.webSocketMessage === "function") {
+          await object.webSocketMessage(ws, data);
+        }
+      } else {
+        ws.dispatchEvent(new MessageEvent("message", { data }));
+      }
+      await outputGate(inst);
+    } else if (ev.kind === "ws_close" || ev.kind === "ws_error") {
+      const ws = socketFor(inst, ev.socket);
+      inst.sockets.delete(ev.socket);
+      if (!ws.hibernatable && ws.accepted) inst.standardSockets--;
+      if (ev.kind === "ws_error") {
+        if (ws.hibernatable) {
+          if (typeof object.webSocketError === "function") {
+            await object.webSocketError(ws, new Error(ev.reason));
+          }
+        } else {
+          ws.dispatchEvent(new ErrorEvent("error", { message: ev.reason }));
+        }
+      } else {
+        ws.readyState = CLOSED;
+        if (ws.hibernatable) {
+          if (typeof object.webSocketClose === "function") {
+            await object.webSocketClose(ws, ev.code, ev.reason, ev.wasClean);
+          }
+        } else {
+          ws.dispatchEvent(
+            new CloseEvent("close", { code: ev.code, reason: ev.reason, wasClean: ev.wasClean }),
+          );
+        }
+      }
+      await outputGate(inst);
     } else {
       if (typeof object.fetch !== "function") {
         throw new TypeError(`${config.className} has no fetch() method`);
       }
       const res = await object.fetch(http.makeRequest(ev));
       await outputGate(inst);
-      await http.sendResponse(ev.id, res);
+      const client = res?.[kUpgrade];
+      if (client !== undefined) {
+        const server = inst.sockets.get(client[kSocketId]);
+        if (server === undefined || !server.accepted) {
+          throw new TypeError(
+            "call server.accept() or state.acceptWebSocket(server) before returning the 101 response",
+          );
+        }
+        http.respondHead(ev.id, 101, [["x-churn-websocket", String(client[kSocketId])]]);
+      } else {
+        await http.sendResponse(ev.id, res);
+      }
     }
   } catch (e) {
     error = http.describeError(e);
@@ -720,7 +1027,8 @@ function sweep() {
     if (
       inst.active === 0 && inst.queue.length === 0 && inst.blocked === 0 &&
       !inst.flushQueued && inst.pending.size === 0 && !inst.deleteAll &&
-      inst.resumes.length === 0 &&
+      inst.resumes.length === 0 && inst.standardSockets === 0 &&
+      inst.sendQueue.length === 0 &&
       now - inst.lastUsed >= config.idleMs
     ) {
       instances.delete(inst.id);
@@ -752,6 +1060,7 @@ async function start(importUserModule) {
   config = readConfig();
   installFetchLimits(config);
   installInputGate();
+  installWebSocketGlobals();
   const mod = await importUserModule();
   ObjectClass = mod[config.className];
   if (typeof ObjectClass !== "function") {

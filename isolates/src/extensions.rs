@@ -24,6 +24,7 @@ pub fn extensions() -> Vec<Extension> {
             ..Default::default()
         }),
         crate::ext::do_ops::churn_do::init(),
+        crate::ext::ws_ops::churn_ws::init(),
         crate::ext::fn_ops::churn_fn::init(),
     ]
 }

@@ -102,6 +102,24 @@ pub enum Event {
     Request(Invocation),
     /// A Durable Object's alarm fires.
     Alarm { retry_count: u32 },
+    /// A message arrived on one of the instance's WebSockets.
+    SocketMessage { socket: u64, message: SocketMessage },
+    /// One of the instance's WebSockets closed (`code` 1006 when it dropped).
+    SocketClose {
+        socket: u64,
+        code: u16,
+        reason: String,
+        was_clean: bool,
+    },
+    /// One of the instance's WebSockets failed.
+    SocketError { socket: u64, message: String },
+}
+
+/// A WebSocket message.
+#[derive(Debug, Clone)]
+pub enum SocketMessage {
+    Text(String),
+    Binary(Bytes),
 }
 
 /// An event, the Durable Object instance it is for (none for functions), and
@@ -145,6 +163,8 @@ pub struct DurableObjectBinding {
     pub alarms: Arc<dyn AlarmListener>,
     /// Instances with no activity for this long are dropped from memory.
     pub idle_ms: u64,
+    /// The class's WebSockets (kept across evictions, closed on redeploy).
+    pub sockets: Arc<crate::sockets::SocketRegistry>,
 }
 
 /// Learns of alarm changes so that it can fire them on time.

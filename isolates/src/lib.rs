@@ -16,16 +16,18 @@ mod invocation;
 mod object_source;
 mod pool;
 mod snapshot;
+mod sockets;
 mod transpile;
 mod watchdog;
 mod worker;
 
 pub use error::{CompileError, InvokeError};
 pub use invocation::{
-    AlarmListener, CallerType, CodeKind, Completion, DurableObjectBinding, FunctionCode,
-    Invocation, Limits, LogLine, ResponseBody, ResponseHead, ScriptError,
+    AlarmListener, CallerType, CodeKind, Completion, DurableObjectBinding, Event, FunctionCode,
+    Invocation, Limits, LogLine, ResponseBody, ResponseHead, ScriptError, SocketMessage,
 };
 pub use object_source::{compile_durable_object, CompiledObject, ObjectSourceError};
 pub use pool::{IsolatePool, Started, WorkerTask};
+pub use sockets::{Outgoing, SocketRegistry, MAX_ATTACHMENT, MAX_TAGS};
 pub use transpile::compile_function;
 pub use worker::{set_net_policy, NetPolicy};

@@ -319,6 +319,30 @@ impl IsolatePool {
             .unwrap_or_else(|_| failed("the isolate stopped before the alarm finished".to_string()))
     }
 
+    /// Delivers a WebSocket event to a Durable Object instance (through its
+    /// mailbox, like a request); the receiver says how its handler went.
+    pub fn deliver(
+        &self,
+        code: &Arc<FunctionCode>,
+        instance: String,
+        event: Event,
+    ) -> oneshot::Receiver<Completion> {
+        let (done_tx, done_rx) = oneshot::channel();
+        let target = instance.clone();
+        let job = Job {
+            instance: Some(instance),
+            event,
+            reply: Reply {
+                head: None,
+                done: done_tx,
+            },
+        };
+        if let Err(e) = self.route(code, Some(&target), job) {
+            tracing::warn!("cannot deliver a WebSocket event: {e}");
+        }
+        done_rx
+    }
+
     /// Retires the isolates of one function or class (deleted or
     /// redeployed): they finish the events they have, then exit.
     pub fn retire(&self, app: &str, name: &str, durable_object: bool) {

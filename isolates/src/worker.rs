@@ -170,6 +170,7 @@ async fn serve(code: &FunctionCode, inbox: Rc<FnInbox>) -> Result<(), Failure> {
                     class: code.name.clone(),
                     store: binding.store.clone(),
                     alarms: binding.alarms.clone(),
+                    sockets: binding.sockets.clone(),
                 }));
             }
         }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use churn_dispatcher::{
     AccessMode, AuthMode, DeployedFunction, DeployedObject, Dispatcher, ObjectUsage,
 };
-use churn_isolates::{CodeKind, DurableObjectBinding, FunctionCode, Limits};
+use churn_isolates::{CodeKind, DurableObjectBinding, FunctionCode, Limits, SocketRegistry};
 use churn_storage_kv::{DurableStore, KvError, KvStore, SledDurableStore, Tree};
 use rand::RngCore;
 
@@ -26,6 +26,8 @@ pub struct App {
     objects: Tree,
     object_usage: Tree,
     usage: Mutex<HashMap<String, Arc<ObjectUsage>>>,
+    /// The live revision's WebSockets, per class.
+    sockets: Mutex<HashMap<String, Arc<SocketRegistry>>>,
     kv: KvStore,
     meta: Tree,
     functions: Tree,
@@ -122,6 +124,7 @@ impl App {
             objects: kv.tree("objects")?,
             object_usage: kv.tree("object_usage")?,
             usage: Mutex::new(HashMap::new()),
+            sockets: Mutex::new(HashMap::new()),
             functions: kv.tree("functions")?,
             stats: kv.tree("stats")?,
             logs: kv.tree("logs")?,
@@ -414,6 +417,17 @@ impl Apps {
     /// instances).
     pub fn publish_object(&self, app: &App, o: &ObjectRecord) {
         let usage = app.usage(&o.name);
+        // A new revision starts with no sockets; the old one's are closed
+        // with 1012 (service restart) so clients reconnect to it.
+        let sockets = Arc::new(SocketRegistry::default());
+        if let Some(old) = app
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(o.name.clone(), sockets.clone())
+        {
+            old.close_all(1012, "the Durable Object was redeployed");
+        }
         let code = FunctionCode {
             app: app.id.clone(),
             name: o.name.clone(),
@@ -432,6 +446,7 @@ impl Apps {
                 store: app.durable.clone(),
                 alarms: self.dispatcher.alarm_listener(),
                 idle_ms: self.object_idle_ms,
+                sockets,
             }),
             cpu_micros: usage.cpu_micros.clone(),
         };
@@ -452,6 +467,14 @@ impl Apps {
     /// Deletes a class and, irreversibly, every instance's storage.
     pub fn delete_object(&self, app: &App, name: &str) -> Result<bool, KvError> {
         self.dispatcher.remove_object(&app.id, name);
+        if let Some(old) = app
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+        {
+            old.close_all(1001, "the Durable Object was deleted");
+        }
         let existed = app.objects.delete(name.as_bytes())?;
         app.durable.drop_class(name)?;
         app.object_usage.delete(name.as_bytes())?;

@@ -112,7 +112,14 @@ async fn serve(
         );
     }
 
+    let upgrade = is_websocket_upgrade(&req);
+    let mut req = req;
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
+    let socket_key = parts
+        .headers
+        .get("sec-websocket-key")
+        .map(|k| k.as_bytes().to_vec());
     let authority = parts
         .uri
         .authority()
@@ -160,10 +167,98 @@ async fn serve(
         .invoke_object(&object, &id, invocation)
         .await;
     match started.head {
+        Ok(head) if head.status == 101 => {
+            let socket = head
+                .headers
+                .iter()
+                .find(|(k, _)| k == "x-churn-websocket")
+                .and_then(|(_, v)| v.parse::<u64>().ok());
+            match (on_upgrade, socket_key, socket) {
+                (Some(on_upgrade), Some(key), Some(socket)) => {
+                    Ok(accept_socket(host, &object, id, socket, on_upgrade, &key))
+                }
+                _ => Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "WEBSOCKET_UPGRADE_REQUIRED",
+                    "the Durable Object answered 101, but the request was not a WebSocket upgrade",
+                )
+                .fix("connect with a WebSocket client (GET with Upgrade: websocket)")),
+            }
+        }
         Ok(head) => Ok(to_response(head)),
         Err(e) => {
             let api = invoke_error(&e, started_at.elapsed().as_millis() as u64);
             Ok(error_response(&api))
         }
     }
+}
+
+/// Whether the request asks to become a WebSocket.
+pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    let has = |name: &str, want: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(want))
+    };
+    req.method() == hyper::Method::GET
+        && has("upgrade", "websocket")
+        && req.headers().contains_key("sec-websocket-key")
+}
+
+/// The `101 Switching Protocols` answer for `key`.
+pub fn switching_protocols(key: &[u8]) -> Response<Body> {
+    use churn_dispatcher::tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    let mut res = Response::new(crate::http::full(bytes::Bytes::new()));
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = res.headers_mut();
+    headers.insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static("websocket"),
+    );
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("Upgrade"),
+    );
+    if let Ok(accept) = hyper::header::HeaderValue::from_str(&derive_accept_key(key)) {
+        headers.insert("sec-websocket-accept", accept);
+    }
+    res
+}
+
+/// Completes the handshake and hands the connection to the instance.
+fn accept_socket(
+    host: &SharedHost,
+    object: &churn_dispatcher::DeployedObject,
+    instance: String,
+    socket: u64,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    key: &[u8],
+) -> Response<Body> {
+    let churn_isolates::CodeKind::DurableObject(binding) = &object.code.kind else {
+        return error_response(&ApiError::internal("not a Durable Object"));
+    };
+    let sockets = binding.sockets.clone();
+    let code = object.code.clone();
+    let pool = host.apps.dispatcher.pool().clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!("WebSocket upgrade failed: {e}");
+                sockets.remove(socket);
+                return;
+            }
+        };
+        let stream = churn_dispatcher::tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            churn_dispatcher::tokio_tungstenite::tungstenite::protocol::Role::Server,
+            Some(churn_dispatcher::socket_config()),
+        )
+        .await;
+        churn_dispatcher::serve_object_socket(stream, pool, code, sockets, instance, socket).await;
+    });
+    switching_protocols(key)
 }

@@ -12,3 +12,4 @@ mod fuzz;
 mod limits;
 mod objects;
 mod restart;
+mod sockets;

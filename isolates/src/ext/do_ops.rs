@@ -32,6 +32,7 @@ pub struct DoContext {
     pub class: String,
     pub store: Arc<dyn DurableStore>,
     pub alarms: Arc<dyn AlarmListener>,
+    pub sockets: Arc<crate::sockets::SocketRegistry>,
 }
 
 fn context(state: &OpState) -> Result<Rc<DoContext>, JsErrorBox> {

@@ -10,11 +10,13 @@ use bytes::Bytes;
 use deno_core::{op2, OpState, ToJsBuffer};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::invocation::{Completion, Event, Job, LogLine, ResponseHead, ScriptError};
+use crate::invocation::{
+    Completion, Event, Job, LogLine, ResponseHead, ScriptError, SocketMessage,
+};
 
 deno_core::extension!(
     churn_fn,
-    deps = [deno_webidl, deno_web, deno_crypto, deno_fetch, churn_do],
+    deps = [deno_webidl, deno_web, deno_crypto, deno_fetch, churn_do, churn_ws],
     ops = [
         op_fn_next_request,
         op_fn_config,
@@ -160,6 +162,13 @@ pub struct JsRequest {
     /// The Durable Object instance the event is for.
     instance: Option<String>,
     retry_count: u32,
+    /// WebSocket events: the socket, and the message or close details.
+    socket: f64,
+    text: Option<String>,
+    binary: Option<ToJsBuffer>,
+    code: u16,
+    reason: String,
+    was_clean: bool,
     method: String,
     url: String,
     headers: Vec<(String, String)>,
@@ -205,6 +214,48 @@ async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
                 ..Default::default()
             })
         }
+        Event::SocketMessage { socket, message } => {
+            let (text, binary) = match message {
+                SocketMessage::Text(t) => (Some(t), None),
+                SocketMessage::Binary(b) => (None, Some(ToJsBuffer::from(b.to_vec()))),
+            };
+            return Some(JsRequest {
+                id,
+                kind: "ws_message",
+                instance,
+                socket: socket as f64,
+                text,
+                binary,
+                ..Default::default()
+            });
+        }
+        Event::SocketClose {
+            socket,
+            code,
+            reason,
+            was_clean,
+        } => {
+            return Some(JsRequest {
+                id,
+                kind: "ws_close",
+                instance,
+                socket: socket as f64,
+                code,
+                reason,
+                was_clean,
+                ..Default::default()
+            })
+        }
+        Event::SocketError { socket, message } => {
+            return Some(JsRequest {
+                id,
+                kind: "ws_error",
+                instance,
+                socket: socket as f64,
+                reason: message,
+                ..Default::default()
+            })
+        }
     };
     let body = if invocation.body.is_empty() && matches!(invocation.method.as_str(), "GET" | "HEAD")
     {
@@ -216,7 +267,6 @@ async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
         id,
         kind: "request",
         instance,
-        retry_count: 0,
         method: invocation.method,
         url: invocation.url,
         headers: invocation.headers,
@@ -225,6 +275,7 @@ async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
         caller: invocation.caller.as_str(),
         request_id: invocation.request_id,
         ip: invocation.ip,
+        ..Default::default()
     })
 }
 

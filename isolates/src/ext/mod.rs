@@ -3,3 +3,4 @@
 pub mod do_ops;
 pub mod fn_ops;
 pub mod shims;
+pub mod ws_ops;
