@@ -46,6 +46,8 @@ pub struct Config {
     pub fetch_deny: Vec<String>,
     /// After downtime, a cron tick missed this recently is run once.
     pub cron_catch_up_ms: u64,
+    /// How often the realtime endpoint sends a heartbeat frame.
+    pub realtime_heartbeat_ms: u64,
     /// Enables `/_churn/test/*` routes used by the test suite (never in
     /// production).
     pub test_routes: bool,
@@ -76,6 +78,7 @@ impl Default for Config {
             fetch_deny: Vec::new(),
             test_routes: false,
             cron_catch_up_ms: 3_600_000,
+            realtime_heartbeat_ms: 30_000,
         }
     }
 }
@@ -106,6 +109,7 @@ pub struct ConfigFile {
     pub fetch_deny: Option<Vec<String>>,
     pub test_routes: Option<bool>,
     pub cron_catch_up_ms: Option<u64>,
+    pub realtime_heartbeat_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +191,7 @@ impl ConfigFile {
             }),
             test_routes: parse(&vars, "CHURN_TEST_ROUTES")?,
             cron_catch_up_ms: parse(&vars, "CHURN_CRON_CATCH_UP_MS")?,
+            realtime_heartbeat_ms: parse(&vars, "CHURN_REALTIME_HEARTBEAT_MS")?,
         })
     }
 }
@@ -217,7 +222,8 @@ impl Config {
             fetch_allow_private,
             fetch_deny,
             test_routes,
-            cron_catch_up_ms
+            cron_catch_up_ms,
+            realtime_heartbeat_ms
         );
         if layer.public_url.is_some() {
             self.public_url = layer.public_url;

@@ -15,6 +15,7 @@ mod host;
 mod http;
 mod keys;
 mod object_plane;
+mod realtime;
 mod records;
 mod run;
 mod server;

@@ -243,7 +243,8 @@ fn accept_socket(
     let sockets = binding.sockets.clone();
     let code = object.code.clone();
     let pool = host.apps.dispatcher.pool().clone();
-    tokio::spawn(async move {
+    // On this worker's LocalSet: the session may start isolates here.
+    tokio::task::spawn_local(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {

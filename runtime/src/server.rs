@@ -58,6 +58,9 @@ async fn route(host: SharedHost, req: Request<Incoming>, remote: SocketAddr) -> 
         ["_churn", "test", "panic"] if host.config.test_routes => {
             panic!("deliberate panic for the test suite")
         }
+        ["v1", app, "realtime"] if req.method() == Method::GET => {
+            crate::realtime::serve_realtime(&host, req, remote, app).await
+        }
         ["v1", app, "fn", name, ..] => {
             crate::data_plane::serve_function(&host, req, remote, app, name).await
         }

@@ -142,3 +142,70 @@ async fn the_control_api_survives_random_bodies() {
     assert!(res.status == 200 || res.status == 201, "{}", res.text());
     assert_eq!(s.get("/v1/fuzz_app/fn/fuzzed").await.text(), "ok");
 }
+
+/// Random frames at the realtime endpoint: every one is answered with an
+/// error or an event response, and the socket stays open.
+#[tokio::test]
+async fn the_realtime_endpoint_survives_random_frames() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = temp_dir();
+    let s = Server::start(dir.path());
+    s.deploy(
+        "fuzz_app",
+        "listener",
+        "export async function handler(req: Request) { return Response.json(await req.json()); }",
+        json!({ "trigger": { "type": "websocket", "config": { "event": "ping", "auth": "none" } } }),
+    )
+    .await;
+    let url = format!(
+        "{}/v1/fuzz_app/realtime",
+        s.base.replacen("http://", "ws://", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    let _connected = ws.next().await;
+    let cases: u32 = std::env::var("CHURN_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &[9; 32]),
+    );
+    let frame = prop_oneof![
+        any_json().prop_map(|v| Message::text(v.to_string())),
+        any_json().prop_map(|p| Message::text(
+            json!({ "type": "event", "event": "ping", "payload": p }).to_string()
+        )),
+        ".{0,64}".prop_map(Message::text),
+        prop::collection::vec(any::<u8>(), 0..64).prop_map(Message::binary),
+    ];
+    for _ in 0..cases {
+        let message = frame.new_tree(&mut runner).expect("frame").current();
+        ws.send(message.clone()).await.expect("send");
+        let reply = loop {
+            match ws.next().await.expect("open").expect("frame") {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(t.as_str()).expect("json reply");
+                    if v["type"] != "heartbeat" {
+                        break v;
+                    }
+                }
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected {other:?} after {message:?}"),
+            }
+        };
+        assert!(
+            reply["type"] == "error" || reply["type"] == "event_response",
+            "{message:?} -> {reply}"
+        );
+    }
+    assert_eq!(s.get("/health").await.status, 200);
+}

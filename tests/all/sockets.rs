@@ -304,3 +304,133 @@ async fn oversize_messages_close_1009_and_redeploys_close_1012() {
     let frame = next_close(&mut ws).await.expect("close frame");
     assert_eq!(u16::from(frame.code), 1012);
 }
+
+const ECHO_EVENT: &str = r#"export async function handler(req: Request, ctx: any) {
+    const { event, payload } = await req.json();
+    if (payload?.fail) throw new Error("cannot do that");
+    return Response.json({ event, got: payload, user: ctx.user?.id ?? null, trigger: req.headers.get("x-churn-trigger") });
+}"#;
+
+fn event_trigger(event: &str, auth: &str) -> Value {
+    json!({ "trigger": { "type": "websocket", "config": { "event": event, "auth": auth } } })
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let v: Value = serde_json::from_str(&next_text(ws).await).expect("json frame");
+        if v["type"] != "heartbeat" {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn realtime_events_run_functions_and_bad_frames_get_errors() {
+    let dir = temp_dir();
+    let s = Server::start_with_env(dir.path(), &[("CHURN_REALTIME_HEARTBEAT_MS", "300")]);
+    let res = s
+        .deploy(
+            "shop",
+            "echo",
+            ECHO_EVENT,
+            event_trigger("chat.send", "none"),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let res = s
+        .deploy(
+            "shop",
+            "dup",
+            ECHO_EVENT,
+            event_trigger("chat.send", "none"),
+        )
+        .await;
+    assert_eq!(res.status, 400, "one function per event");
+
+    let mut ws = connect(&s, "/v1/shop/realtime").await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({ "type": "connected", "app_id": "shop", "role": "anonymous" })
+    );
+
+    ws.send(Message::text(
+        json!({ "type": "event", "event": "chat.send", "payload": { "text": "hi" } }).to_string(),
+    ))
+    .await
+    .expect("send");
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({ "type": "event_response", "event": "chat.send", "data": { "event": "chat.send", "got": { "text": "hi" }, "user": null, "trigger": "websocket" } })
+    );
+
+    let bad: Vec<Message> = vec![
+        Message::text("not json"),
+        Message::text(json!({ "type": "event" }).to_string()),
+        Message::text(json!({ "type": "subscribe", "event": "x" }).to_string()),
+        Message::text(json!({ "type": "event", "event": 5 }).to_string()),
+        Message::text("x".repeat(2 * 1024 * 1024)),
+        Message::binary(vec![1, 2, 3]),
+        Message::text(json!({ "type": "event", "event": "nobody.listens" }).to_string()),
+        Message::text(
+            json!({ "type": "event", "event": "chat.send", "payload": { "fail": true } })
+                .to_string(),
+        ),
+    ];
+    for frame in bad {
+        ws.send(frame).await.expect("send");
+        let reply = next_json(&mut ws).await;
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // Still usable, and heartbeats arrive.
+    ws.send(Message::text(
+        json!({ "type": "event", "event": "chat.send", "payload": 1 }).to_string(),
+    ))
+    .await
+    .expect("send");
+    assert_eq!(next_json(&mut ws).await["data"]["got"], 1);
+    let heartbeat: Value = loop {
+        let v: Value = serde_json::from_str(&next_text(&mut ws).await).expect("json");
+        if v["type"] == "heartbeat" {
+            break v;
+        }
+    };
+    assert!(heartbeat["timestamp"].as_str().is_some());
+}
+
+#[tokio::test]
+async fn realtime_needs_a_token_when_events_need_auth() {
+    let dir = temp_dir();
+    let s = Server::start(dir.path());
+    s.deploy(
+        "shop",
+        "secure",
+        ECHO_EVENT,
+        event_trigger("orders.place", "required"),
+    )
+    .await;
+    let mut anonymous = connect(&s, "/v1/shop/realtime").await;
+    let frame = next_close(&mut anonymous).await.expect("close frame");
+    assert_eq!(frame.code, CloseCode::Policy);
+
+    let res = s
+        .api(
+            "POST",
+            "/v1/shop/auth/tokens",
+            Some(json!({ "sub": "carol" })),
+        )
+        .await;
+    let token = res.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let mut ws = connect(&s, &format!("/v1/shop/realtime?token={token}")).await;
+    assert_eq!(next_json(&mut ws).await["role"], "authenticated");
+    ws.send(Message::text(
+        json!({ "type": "event", "event": "orders.place", "payload": {} }).to_string(),
+    ))
+    .await
+    .expect("send");
+    assert_eq!(next_json(&mut ws).await["data"]["user"], "carol");
+    assert_eq!(s.get("/v1/nosuch/realtime").await.status, 404);
+}

@@ -87,11 +87,36 @@ fn check_triggers(mut triggers: Vec<Trigger>) -> Result<Vec<Trigger>, ApiError> 
                 crate::cron::CronSpec::parse(&t.config).map_err(ApiError::invalid)?;
             }
             "websocket" => {
-                return Err(ApiError::invalid(format!(
-                    "trigger type {:?} is not available on this host yet",
-                    t.kind
-                ))
-                .fix("deploy with an http or cron trigger for now"))
+                let Some(config) = t.config.as_object() else {
+                    return Err(ApiError::invalid(
+                        "trigger.config must be an object like {\"event\": \"chat.send\"}",
+                    ));
+                };
+                if let Some(key) = config.keys().find(|k| *k != "event" && *k != "auth") {
+                    return Err(ApiError::invalid(format!(
+                        "unknown field {key:?} in the websocket trigger's config (expected: event, auth)"
+                    )));
+                }
+                let event = config.get("event").and_then(Value::as_str).unwrap_or("");
+                let valid = !event.is_empty()
+                    && event.len() <= 100
+                    && event
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c));
+                if !valid {
+                    return Err(ApiError::invalid(
+                        "trigger.config.event must be 1 to 100 of A-Z, a-z, 0-9, _ . : -",
+                    ));
+                }
+                match config.get("auth") {
+                    None | Some(Value::Null) => {}
+                    Some(Value::String(s)) if s == "none" || s == "required" => {}
+                    Some(other) => {
+                        return Err(ApiError::invalid(format!(
+                            "trigger.config.auth must be \"none\" or \"required\", got {other}"
+                        )))
+                    }
+                }
             }
             other => {
                 return Err(ApiError::invalid(format!(
@@ -170,6 +195,23 @@ pub async fn deploy(
     let js = churn_isolates::compile_function(&request.code)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
 
+    if let Some(app) = host.apps.get(app_id) {
+        for t in triggers.iter().filter(|t| t.kind == "websocket") {
+            let event = &t.config["event"];
+            for other in app.functions()?.iter().filter(|f| f.name != request.name) {
+                if other
+                    .triggers
+                    .iter()
+                    .any(|o| o.kind == "websocket" && &o.config["event"] == event)
+                {
+                    return Err(ApiError::invalid(format!(
+                        "the event {event} is already handled by function {:?}",
+                        other.name
+                    )));
+                }
+            }
+        }
+    }
     let app = host.apps.get_or_create(app_id)?;
     let previous = app.function(&request.name)?;
     let now = now_rfc3339();
