@@ -143,8 +143,8 @@ async fn a_chat_room_broadcasts_to_fifty_clients_in_order() {
 
     // Three senders, five messages each.
     for round in 0..5 {
-        for sender in 0..3 {
-            clients[sender]
+        for client in clients.iter_mut().take(3) {
+            client
                 .send(Message::text(format!("m{round}")))
                 .await
                 .expect("send");
