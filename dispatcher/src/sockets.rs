@@ -17,9 +17,12 @@ use tokio_tungstenite::WebSocketStream;
 /// Largest message a client may send (32 MiB).
 pub const MAX_MESSAGE: usize = 32 * 1024 * 1024;
 
-/// The protocol settings for sockets the host serves.
+/// The protocol settings for sockets the host serves. The read buffer is
+/// small (it grows for large messages) so that idle sockets stay cheap.
 pub fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
 }
