@@ -125,7 +125,14 @@ pub async fn run_isolate(code: Arc<FunctionCode>, jobs: mpsc::UnboundedReceiver<
         },
     );
     match serve(&code, inbox.clone()).await {
-        Ok(()) => {}
+        Ok(()) => {
+            if inbox.in_flight() > 0 {
+                inbox.fail_all(
+                    "the isolate's event loop ended before the request finished",
+                    None,
+                );
+            }
+        }
         Err(Failure::Error(message)) => {
             tracing::warn!(app = %code.app, function = %code.name, "isolate stopped: {message}");
             inbox.fail_all(&message, None);
@@ -193,10 +200,11 @@ async fn serve(code: &FunctionCode, inbox: Rc<FnInbox>) -> Result<(), Failure> {
         runtime.watch(slot.clone());
     }
     let result = serve_module(code, &mut runtime, &inbox).await;
-    match (result, slot.killed()) {
-        (Ok(()), _) => Ok(()),
-        (Err(_), Some(killed)) => Err(Failure::Killed(killed)),
-        (Err(message), None) => Err(Failure::Error(message)),
+    // A terminated isolate may end its event loop with or without an error.
+    match (slot.killed(), result) {
+        (Some(killed), _) => Err(Failure::Killed(killed)),
+        (None, Ok(())) => Ok(()),
+        (None, Err(message)) => Err(Failure::Error(message)),
     }
 }
 
@@ -240,11 +248,5 @@ async fn serve_module(
         })
         .await
         .map_err(|e| e.to_string())?;
-    if inbox.in_flight() > 0 {
-        inbox.fail_all(
-            "the isolate's event loop ended before the request finished",
-            None,
-        );
-    }
     Ok(())
 }
