@@ -47,7 +47,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(url: &str) -> Ws {
     for _ in 0..50 {
@@ -85,8 +86,18 @@ async fn main() {
     std::thread::spawn(move || for _ in lines {});
     let deploy = serde_json::json!({ "name": "room", "code": ROOM, "access_mode": "public" });
     let status = Command::new("curl")
-        .args(["-sf", "-X", "POST", &format!("{base}/v1/bench/durable-objects")])
-        .args(["-H", &format!("authorization: Bearer {key}"), "-H", "content-type: application/json"])
+        .args([
+            "-sf",
+            "-X",
+            "POST",
+            &format!("{base}/v1/bench/durable-objects"),
+        ])
+        .args([
+            "-H",
+            &format!("authorization: Bearer {key}"),
+            "-H",
+            "content-type: application/json",
+        ])
         .args(["-d", &deploy.to_string(), "-o", "/dev/null"])
         .status()
         .expect("curl");
@@ -94,7 +105,9 @@ async fn main() {
     let ws_base = base.replacen("http://", "ws://", 1);
     println!(
         "machine: {} cores; churn pid {pid}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     );
 
     // Echo round trips.
@@ -102,7 +115,9 @@ async fn main() {
     let mut rtts = Vec::new();
     for i in 0..3000 {
         let t = Instant::now();
-        echo.send(Message::text(format!("echo:{i}"))).await.expect("send");
+        echo.send(Message::text(format!("echo:{i}")))
+            .await
+            .expect("send");
         loop {
             if let Some(Ok(Message::Text(_))) = echo.next().await {
                 break;

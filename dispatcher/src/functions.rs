@@ -59,7 +59,8 @@ impl Drop for InFlight {
 }
 
 /// `(app, function)` → its live revision.
-type FunctionTable = HashMap<(String, String), Arc<DeployedFunction>>;
+/// App → function name → live revision (nested so a lookup allocates nothing).
+type FunctionTable = HashMap<String, HashMap<String, Arc<DeployedFunction>>>;
 
 /// Routes invocations to functions and Durable Object instances.
 #[derive(Clone)]
@@ -125,28 +126,31 @@ impl Dispatcher {
     /// Makes `function` the live revision; the next request uses it, requests
     /// already running finish on the old one.
     pub fn deploy(&self, function: DeployedFunction) {
-        let key = (function.code.app.clone(), function.code.name.clone());
+        let (app, name) = (function.code.app.clone(), function.code.name.clone());
         let mut table = self.functions.write().unwrap_or_else(|p| p.into_inner());
         // Keep counting the requests of the old revision against the limit.
-        let function = match table.get(&key) {
+        let functions = table.entry(app).or_default();
+        let function = match functions.get(&name) {
             Some(old) => DeployedFunction {
                 in_flight: old.in_flight.clone(),
                 ..function
             },
             None => function,
         };
-        table.insert(key, Arc::new(function));
+        functions.insert(name, Arc::new(function));
     }
 
     pub fn remove(&self, app: &str, name: &str) {
         let mut table = self.functions.write().unwrap_or_else(|p| p.into_inner());
-        table.remove(&(app.to_string(), name.to_string()));
+        if let Some(functions) = table.get_mut(app) {
+            functions.remove(name);
+        }
         self.pool.retire(app, name, false);
     }
 
     pub fn get(&self, app: &str, name: &str) -> Option<Arc<DeployedFunction>> {
         let table = self.functions.read().unwrap_or_else(|p| p.into_inner());
-        table.get(&(app.to_string(), name.to_string())).cloned()
+        table.get(app)?.get(name).cloned()
     }
 
     /// Takes a concurrency slot for `function`, or says it is full.

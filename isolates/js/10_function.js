@@ -25,25 +25,62 @@ function pickHandler(mod) {
   return null;
 }
 
+/**
+ * The handler's `ctx`. Its parts are built on first use (most handlers read
+ * few of them) and cannot be reassigned.
+ */
+class Context {
+  #r;
+  #config;
+  #waits;
+  #user;
+  #caller;
+  #request;
+
+  constructor(r, config, waits) {
+    this.#r = r;
+    this.#config = config;
+    this.#waits = waits;
+  }
+
+  get env() {
+    return this.#config.env;
+  }
+
+  get user() {
+    if (this.#user === undefined) {
+      this.#user = this.#r.userId === null ? null : ObjectFreeze({ id: this.#r.userId });
+    }
+    return this.#user;
+  }
+
+  get caller() {
+    this.#caller ??= ObjectFreeze({ type: this.#r.caller });
+    return this.#caller;
+  }
+
+  get request() {
+    this.#request ??= ObjectFreeze({
+      id: this.#r.requestId,
+      ip: this.#r.ip,
+      functionName: this.#config.functionName,
+    });
+    return this.#request;
+  }
+
+  waitUntil(promise) {
+    ArrayPrototypePush(this.#waits, PromiseResolve(promise));
+  }
+
+  passThroughOnException() {}
+}
+
 async function handle(handler, config, r) {
   const waits = [];
   let error = null;
   try {
     const req = http.makeRequest(r);
-    const ctx = ObjectFreeze({
-      env: config.env,
-      user: r.userId === null ? null : ObjectFreeze({ id: r.userId }),
-      caller: ObjectFreeze({ type: r.caller }),
-      request: ObjectFreeze({
-        id: r.requestId,
-        ip: r.ip,
-        functionName: config.functionName,
-      }),
-      waitUntil(promise) {
-        ArrayPrototypePush(waits, PromiseResolve(promise));
-      },
-      passThroughOnException() {},
-    });
+    const ctx = new Context(r, config, waits);
     const res = await handler(req, ctx);
     await http.sendResponse(r.id, res);
   } catch (e) {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use churn_dispatcher::{verify_user_token, AuthError, AuthMode, CallerType, Invocation};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, HOST};
+use hyper::header::CONTENT_LENGTH;
 use hyper::{Request, Response, StatusCode};
 
 use crate::apps::App;
 use crate::error::ApiError;
 use crate::host::SharedHost;
-use crate::http::{bearer, error_response, read_body, too_large, Body};
+use crate::http::{authority, bearer, error_response, header_pairs, read_body, too_large, Body};
 use crate::run::{run_function, RunInfo};
 
 fn not_found(app: &str, name: &str) -> ApiError {
@@ -96,13 +96,7 @@ async fn serve(
     }
 
     let (parts, body) = req.into_parts();
-    let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
-        parts
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-    });
+    let authority = authority(&parts);
     let scheme = parts
         .headers
         .get("x-forwarded-proto")
@@ -118,16 +112,7 @@ async fn serve(
         Some(authority) => format!("{scheme}://{authority}{path_and_query}"),
         None => format!("{}{path_and_query}", host.public_base),
     };
-    let headers = parts
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = header_pairs(&parts.headers);
     let body = read_body(body, limit).await?;
     let request_id = crate::run::request_id();
     let method = parts.method.as_str().to_string();

@@ -7,13 +7,12 @@ use std::time::Instant;
 
 use churn_dispatcher::{AccessMode, CallerType, Invocation};
 use hyper::body::Incoming;
-use hyper::header::HOST;
 use hyper::{Request, Response, StatusCode};
 
 use crate::data_plane::identify;
 use crate::error::ApiError;
 use crate::host::SharedHost;
-use crate::http::{bearer, error_response, read_body, Body};
+use crate::http::{authority, bearer, error_response, header_pairs, read_body, Body};
 use crate::run::{invoke_error, to_response};
 
 /// Longest instance id, in bytes.
@@ -120,17 +119,7 @@ async fn serve(
         .headers
         .get("sec-websocket-key")
         .map(|k| k.as_bytes().to_vec());
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
+    let authority = authority(&parts)
         .unwrap_or_else(|| host.public_base.trim_start_matches("http://").to_string());
     let query = parts
         .uri
@@ -139,16 +128,7 @@ async fn serve(
         .unwrap_or_default();
     let path = if tail.is_empty() { "/" } else { tail };
     let url = format!("http://{authority}{path}{query}");
-    let headers = parts
-        .headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = header_pairs(&parts.headers);
     let body = read_body(body, host.config.max_body_bytes).await?;
     let invocation = Invocation {
         method: parts.method.as_str().to_string(),

@@ -22,23 +22,29 @@ pub fn existing(host: &SharedHost, app_id: &str) -> Result<Arc<App>, ApiError> {
     host.apps.get(app_id).ok_or_else(|| app_not_found(app_id))
 }
 
+/// Checks an env key's shape and the reserved `CHURN_` prefix.
+pub fn check_env_key(key: &str) -> Result<(), ApiError> {
+    if !crate::validate::is_env_key(key) {
+        return Err(ApiError::invalid(format!(
+            "env key {key:?} is invalid: use A-Z, 0-9 and _, not starting with a digit"
+        )));
+    }
+    if key.starts_with("CHURN_") {
+        return Err(
+            ApiError::invalid(format!("env key {key:?} uses the reserved CHURN_ prefix"))
+                .fix("pick another name; CHURN_ is kept for platform variables"),
+        );
+    }
+    Ok(())
+}
+
 /// Applies `{KEY: "value" | null}` to `env`, checking keys and values.
 pub fn apply_env_patch(
     env: &mut BTreeMap<String, String>,
     patch: BTreeMap<String, Option<String>>,
 ) -> Result<(), ApiError> {
     for (key, value) in &patch {
-        if !crate::validate::is_env_key(key) {
-            return Err(ApiError::invalid(format!(
-                "env key {key:?} is invalid: use A-Z, 0-9 and _, not starting with a digit"
-            )));
-        }
-        if key.starts_with("CHURN_") {
-            return Err(ApiError::invalid(format!(
-                "env key {key:?} uses the reserved CHURN_ prefix"
-            ))
-            .fix("pick another name; CHURN_ is kept for platform variables"));
-        }
+        check_env_key(key)?;
         if value.as_ref().is_some_and(|v| v.len() > 8 * 1024) {
             return Err(ApiError::invalid(format!(
                 "the value of {key:?} is longer than 8 KiB"

@@ -226,16 +226,7 @@ struct EnvValue {
 }
 
 fn check_env_key(host: &SharedHost, app_id: &str, key: &str) -> Result<(), ApiError> {
-    if !crate::validate::is_env_key(key) {
-        return Err(ApiError::invalid(format!(
-            "env key {key:?} is invalid: use A-Z, 0-9 and _, not starting with a digit"
-        )));
-    }
-    if key.starts_with("CHURN_") {
-        return Err(ApiError::invalid(format!(
-            "env key {key:?} uses the reserved CHURN_ prefix"
-        )));
-    }
+    super::app::check_env_key(key)?;
     if let Some(app) = host.apps.get(app_id) {
         if app.objects()?.iter().any(|o| binding_name(&o.name) == key) {
             return Err(ApiError::invalid(format!(
