@@ -40,9 +40,11 @@ pub struct App {
     unflushed: Mutex<Unflushed>,
 }
 
+/// Records waiting to be written, per function: never more than the log
+/// keeps, so a burst costs bounded memory and one write per flush.
 #[derive(Default)]
 struct Unflushed {
-    logs: Vec<(Vec<u8>, LogEntry)>,
+    logs: HashMap<String, std::collections::VecDeque<LogEntry>>,
     stats: Vec<String>,
 }
 
@@ -84,13 +86,25 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn log_key(name: &str, ts_micros: u64, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(name.len() + 17);
+/// Logs are stored in batches (one per flush): `name \0 micros seq count`,
+/// each holding the entries oldest first; `count` lets trimming skip reading.
+fn log_key(name: &str, ts_micros: u64, seq: u64, count: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 21);
     k.extend_from_slice(name.as_bytes());
     k.push(0);
     k.extend_from_slice(&ts_micros.to_be_bytes());
     k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&count.to_be_bytes());
     k
+}
+
+fn batch_count(key: &[u8]) -> usize {
+    key.len()
+        .checked_sub(4)
+        .and_then(|i| key.get(i..))
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(|b| u32::from_be_bytes(b) as usize)
+        .unwrap_or(0)
 }
 
 fn log_prefix(name: &str) -> Vec<u8> {
@@ -261,9 +275,16 @@ impl App {
             return;
         }
         let mut touched: Vec<String> = Vec::new();
-        for (key, entry) in &pending.logs {
-            if let Err(e) = self.logs.put(key, entry) {
-                tracing::error!(app = %self.id, "cannot record invocation: {e}");
+        let micros = chrono::Utc::now().timestamp_micros().max(0) as u64;
+        for (name, entries) in pending.logs {
+            let seq = self.log_seq.fetch_add(1, Ordering::Relaxed);
+            let batch: Vec<LogEntry> = entries.into();
+            let key = log_key(&name, micros, seq, batch.len() as u32);
+            if let Err(e) = self.logs.put(&key, &batch) {
+                tracing::error!(app = %self.id, "cannot record invocations: {e}");
+            }
+            if let Err(e) = self.trim_logs(&name, keep_per_function) {
+                tracing::error!(app = %self.id, "cannot trim logs: {e}");
             }
         }
         for name in pending.stats {
@@ -280,20 +301,37 @@ impl App {
             }
             touched.push(name);
         }
-        for name in touched {
-            if let Err(e) = self.logs.trim_prefix(&log_prefix(&name), keep_per_function) {
-                tracing::error!(app = %self.id, "cannot trim logs: {e}");
-            }
-        }
     }
 
+    /// Drops the oldest batches beyond the newest `keep` entries.
+    fn trim_logs(&self, name: &str, keep: usize) -> Result<(), KvError> {
+        let keys = self.logs.keys_prefix_rev(&log_prefix(name))?;
+        let mut kept = 0;
+        for key in keys {
+            if kept >= keep {
+                self.logs.delete(&key)?;
+            } else {
+                kept += batch_count(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` entries, newest first.
     pub fn logs(&self, name: &str, limit: usize) -> Result<Vec<LogEntry>, KvError> {
-        Ok(self
+        let mut out = Vec::new();
+        for (_, batch) in self
             .logs
-            .scan_prefix_rev::<LogEntry>(&log_prefix(name), limit)?
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect())
+            .scan_prefix_rev::<Vec<LogEntry>>(&log_prefix(name), usize::MAX)?
+        {
+            for entry in batch.into_iter().rev() {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                out.push(entry);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -548,10 +586,15 @@ impl Apps {
                 stats.last_invoked = Some(entry.timestamp.clone());
             }
         }
-        let seq = app.log_seq.fetch_add(1, Ordering::Relaxed);
-        let micros = chrono::Utc::now().timestamp_micros().max(0) as u64;
         let mut unflushed = app.unflushed.lock().unwrap_or_else(|p| p.into_inner());
-        unflushed.logs.push((log_key(name, micros, seq), entry));
+        let queue = match unflushed.logs.get_mut(name) {
+            Some(q) => q,
+            None => unflushed.logs.entry(name.to_string()).or_default(),
+        };
+        if queue.len() >= self.logs_per_function.max(1) {
+            queue.pop_front();
+        }
+        queue.push_back(entry);
         if !unflushed.stats.iter().any(|n| n == name) {
             unflushed.stats.push(name.to_string());
         }

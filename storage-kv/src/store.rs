@@ -106,6 +106,15 @@ impl Tree {
         Ok(out)
     }
 
+    /// The keys with `prefix`, greatest first.
+    pub fn keys_prefix_rev(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, KvError> {
+        let mut out = Vec::new();
+        for k in self.tree.scan_prefix(prefix).keys().rev() {
+            out.push(k?.to_vec());
+        }
+        Ok(out)
+    }
+
     /// Deletes every key with `prefix`; returns how many.
     pub fn delete_prefix(&self, prefix: &[u8]) -> Result<usize, KvError> {
         let mut n = 0;
