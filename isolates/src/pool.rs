@@ -142,6 +142,22 @@ fn run_worker(index: usize, mut commands: mpsc::UnboundedReceiver<Command>) {
     LOCAL.with(|l| *l.borrow_mut() = None);
 }
 
+/// V8 flags for every isolate, set once before the first one is created.
+/// Garbage collection stays on the isolate's own thread: with one worker per
+/// core, V8's helper threads would only compete with the other workers.
+fn set_v8_flags() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let extra = std::env::var("CHURN_V8_FLAGS").unwrap_or_else(|_| "--single-threaded-gc".into());
+        let mut args = vec![String::from("churn")];
+        args.extend(extra.split_whitespace().map(str::to_string));
+        let rejected = deno_core::v8_set_flags(args);
+        if rejected.len() > 1 {
+            tracing::warn!("V8 did not accept these flags: {:?}", &rejected[1..]);
+        }
+    });
+}
+
 /// The worker threads; cheap to clone.
 #[derive(Clone)]
 pub struct IsolatePool {
@@ -173,6 +189,7 @@ impl IsolatePool {
     }
 
     pub fn with_threads(threads: usize) -> Self {
+        set_v8_flags();
         let mut workers = Vec::new();
         for index in 0..threads.max(1) {
             let (tx, rx) = mpsc::unbounded_channel();
