@@ -8,6 +8,7 @@
 //! It must not know about routing, HTTP servers, or which storage engine or
 //! database sits behind an op.
 
+mod buffers;
 mod entered;
 mod error;
 mod ext;

@@ -148,7 +148,8 @@ fn run_worker(index: usize, mut commands: mpsc::UnboundedReceiver<Command>) {
 fn set_v8_flags() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let extra = std::env::var("CHURN_V8_FLAGS").unwrap_or_else(|_| "--single-threaded-gc".into());
+        let extra =
+            std::env::var("CHURN_V8_FLAGS").unwrap_or_else(|_| "--single-threaded-gc".into());
         let mut args = vec![String::from("churn")];
         args.extend(extra.split_whitespace().map(str::to_string));
         let rejected = deno_core::v8_set_flags(args);

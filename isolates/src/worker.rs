@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use std::time::Duration;
 
+use crate::buffers::{allocator, Budget};
 use crate::entered::EnteredRuntime;
 use crate::ext::do_ops::DoContext;
 use crate::ext::fn_ops::{FnConfig, FnInbox};
@@ -82,7 +83,7 @@ fn permissions() -> Result<deno_permissions::PermissionsContainer, String> {
     Ok(deno_permissions::PermissionsContainer::new(parser, perms))
 }
 
-fn new_runtime(code: &FunctionCode) -> Result<JsRuntime, String> {
+fn new_runtime(code: &FunctionCode, budget: Arc<Budget>) -> Result<JsRuntime, String> {
     let mut modules = vec![(specifier(USER_SPECIFIER)?, code.js.to_string())];
     if matches!(code.kind, CodeKind::DurableObject(_)) {
         modules.push((
@@ -98,7 +99,11 @@ fn new_runtime(code: &FunctionCode) -> Result<JsRuntime, String> {
         residual_lazy_js_sources: RESIDUAL_LAZY_JS,
         residual_lazy_esm_sources: RESIDUAL_LAZY_ESM,
         extensions: crate::extensions::extensions(),
-        create_params: Some(deno_core::v8::CreateParams::default().heap_limits(0, heap_max)),
+        create_params: Some(
+            deno_core::v8::CreateParams::default()
+                .heap_limits(0, heap_max)
+                .array_buffer_allocator(allocator(budget)),
+        ),
         ..Default::default()
     })
     .map_err(|e| e.to_string())?;
@@ -164,7 +169,10 @@ enum Failure {
 
 async fn serve(code: &FunctionCode, inbox: Rc<FnInbox>) -> Result<(), Failure> {
     let permissions = permissions().map_err(Failure::Error)?;
-    let mut runtime = EnteredRuntime::new(new_runtime(code).map_err(Failure::Error)?);
+    let heap_max = (code.limits.memory_limit_mb as usize).saturating_mul(1024 * 1024);
+    let budget = Budget::new(heap_max);
+    let mut runtime =
+        EnteredRuntime::new(new_runtime(code, budget.clone()).map_err(Failure::Error)?);
     let slot = runtime.with(|runtime| {
         {
             let state = runtime.op_state();
@@ -196,6 +204,7 @@ async fn serve(code: &FunctionCode, inbox: Rc<FnInbox>) -> Result<(), Failure> {
         });
         slot
     });
+    budget.watch(slot.clone());
     if code.limits.cpu_ms > 0 {
         runtime.watch(slot.clone());
     }

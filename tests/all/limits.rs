@@ -103,6 +103,20 @@ async fn a_memory_bomb_is_stopped_and_leaves_no_leak() {
     }
     assert_other_app_fine(&s).await;
     let after = rss_kib(s.pid());
+    // ArrayBuffers live outside V8's heap; they count against the limit too.
+    s.deploy(
+        "shop",
+        "buffers",
+        "export function handler() { const hoard: ArrayBuffer[] = []; while (true) hoard.push(new ArrayBuffer(8 * 1024 * 1024)); }",
+        json!({ "memoryLimitMb": 32, "trigger": { "type": "http", "config": { "auth": "none" } } }),
+    )
+    .await;
+    for _ in 0..3 {
+        let res = s.get("/v1/shop/fn/buffers").await;
+        assert_eq!(res.status, 546, "{}", res.text());
+        assert_eq!(res.json()["error"]["reason"], "memory");
+    }
+    assert_other_app_fine(&s).await;
     assert!(
         after < before + 64 * 1024,
         "resident memory grew from {before} KiB to {after} KiB over 200 killed isolates"
