@@ -315,3 +315,33 @@ async fn invoke_runs_a_function_from_the_control_api() {
     assert_eq!(body["headers"]["content-type"], "application/json");
     assert!(body["duration_ms"].as_u64().is_some());
 }
+
+#[tokio::test]
+async fn requests_in_flight_finish_on_the_old_version() {
+    let dir = temp_dir();
+    let s = Server::start(dir.path());
+    let gate = crate::support::Gate::start().await;
+    let v1 = format!(
+        "export async function handler() {{ await fetch('{0}/hit/v1'); await fetch('{0}/wait/v1'); return new Response('one'); }}",
+        gate.base
+    );
+    s.deploy_public("shop", "ver", &v1).await;
+    let running = {
+        let http = s.http.clone();
+        let url = s.url("/v1/shop/fn/ver");
+        tokio::spawn(async move { http.send("GET", &url, &[], "").await })
+    };
+    // Wait until the request is running in the old version.
+    while gate.hits("v1") == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    s.deploy_public(
+        "shop",
+        "ver",
+        "export function handler() { return new Response('two'); }",
+    )
+    .await;
+    assert_eq!(s.get("/v1/shop/fn/ver").await.text(), "two");
+    gate.open("v1");
+    assert_eq!(running.await.expect("task").text(), "one");
+}
