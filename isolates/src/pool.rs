@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::InvokeError;
 use crate::invocation::{
@@ -52,12 +52,22 @@ struct Entry {
     revision: u64,
     jobs: mpsc::UnboundedSender<Job>,
     last_used: Instant,
+    /// Turns true once the isolate has exited.
+    finished: watch::Receiver<bool>,
 }
+
+/// How long a new Durable Object isolate waits for the previous revision's
+/// isolate (finishing its events) before it starts anyway.
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
 
 /// One worker's isolates; lives in a thread-local on the worker.
 struct Local {
     index: usize,
     entries: RefCell<HashMap<Key, Entry>>,
+    /// Retired Durable Object isolates still finishing their events: a new
+    /// isolate for the class waits for them, so that an instance is never
+    /// live in two isolates at once.
+    draining: RefCell<HashMap<Key, watch::Receiver<bool>>>,
 }
 
 thread_local! {
@@ -72,9 +82,15 @@ impl Local {
     /// Hands `job` to this worker's isolate for `code`, starting it if needed.
     fn dispatch(&self, code: &Arc<FunctionCode>, job: Job) {
         let key = key_of(code);
+        let code_revision = code.revision;
         let mut entries = self.entries.borrow_mut();
         let mut job = job;
         if let Some(entry) = entries.get_mut(&key) {
+            if entry.revision > code.revision {
+                // An event of a retired revision (say, a socket of it
+                // closing): its isolate is gone; the job is dropped.
+                return;
+            }
             if entry.revision == code.revision {
                 entry.last_used = Instant::now();
                 match entry.jobs.send(job) {
@@ -87,25 +103,62 @@ impl Local {
         // A new revision replaces the old isolate, which finishes the events
         // it already has and then exits.
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::task::spawn_local(run_isolate(code.clone(), rx));
+        let (done_tx, finished) = watch::channel(false);
+        let is_object = key.2;
+        let previous = if is_object {
+            let old = entries.remove(&key).map(|e| e.finished);
+            let retired = self.draining.borrow_mut().remove(&key);
+            old.or(retired)
+        } else {
+            None
+        };
+        let code = code.clone();
+        tokio::task::spawn_local(async move {
+            if let Some(mut previous) = previous {
+                let _ = tokio::time::timeout(DRAIN_WAIT, previous.wait_for(|done| *done)).await;
+            }
+            run_isolate(code, rx).await;
+            let _ = done_tx.send(true);
+        });
         let _ = tx.send(job);
         entries.insert(
             key,
             Entry {
-                revision: code.revision,
+                revision: code_revision,
                 jobs: tx,
                 last_used: Instant::now(),
+                finished,
             },
         );
+    }
+
+    /// Drops the entry; a Durable Object isolate is remembered while it drains.
+    fn retire(&self, key: &Key) {
+        if let Some(entry) = self.entries.borrow_mut().remove(key) {
+            if key.2 && !*entry.finished.borrow() {
+                self.draining
+                    .borrow_mut()
+                    .insert(key.clone(), entry.finished);
+            }
+        }
     }
 
     fn handle(&self, command: Command) {
         match command {
             Command::Dispatch(code, job) => self.dispatch(&code, job),
-            Command::Retire(key) => {
-                self.entries.borrow_mut().remove(&key);
+            Command::Retire(key) => self.retire(&key),
+            Command::RetireApp(app) => {
+                let keys: Vec<Key> = self
+                    .entries
+                    .borrow()
+                    .keys()
+                    .filter(|(a, _, _)| *a == app)
+                    .cloned()
+                    .collect();
+                for key in keys {
+                    self.retire(&key);
+                }
             }
-            Command::RetireApp(app) => self.entries.borrow_mut().retain(|(a, _, _), _| *a != app),
             Command::EvictIdle(max_idle) => self
                 .entries
                 .borrow_mut()
@@ -131,6 +184,7 @@ fn run_worker(index: usize, mut commands: mpsc::UnboundedReceiver<Command>) {
     let local = Rc::new(Local {
         index,
         entries: RefCell::new(HashMap::new()),
+        draining: RefCell::new(HashMap::new()),
     });
     LOCAL.with(|l| *l.borrow_mut() = Some(local.clone()));
     let set = tokio::task::LocalSet::new();
