@@ -129,6 +129,39 @@ async function settle(id, waits, waitUntilMs) {
   }
 }
 
+/** The event array from `op_fn_next_request` as an object. */
+function toEvent(a) {
+  return {
+    id: a[0],
+    kind: a[1],
+    instance: a[2],
+    retryCount: a[3],
+    socket: a[4],
+    text: a[5],
+    binary: a[6],
+    code: a[7],
+    reason: a[8],
+    wasClean: a[9],
+    method: a[10],
+    url: a[11],
+    headers: a[12],
+    body: a[13],
+    userId: a[14],
+    caller: a[15],
+    requestId: a[16],
+    ip: a[17],
+  };
+}
+
+/** `[name, value, name, value, ...]` as the `[[name, value], ...]` fetch wants. */
+function headerList(flat) {
+  const list = [];
+  for (let i = 0; i + 1 < flat.length; i += 2) {
+    ArrayPrototypePush(list, [flat[i], flat[i + 1]]);
+  }
+  return list;
+}
+
 /** Builds the `Request` for an event from the host. */
 function makeRequest(r) {
   let body = null;
@@ -138,7 +171,7 @@ function makeRequest(r) {
     body.source = r.body;
   }
   return fromInnerRequest(
-    newInnerRequest(r.method, r.url, () => r.headers, body, false),
+    newInnerRequest(r.method, r.url, () => headerList(r.headers), body, false),
     "immutable",
   );
 }
@@ -174,6 +207,7 @@ function respondHead(id, status, headers) {
 }
 
 export const http = ObjectFreeze({
+  toEvent,
   respondHead,
   describeError,
   makeRequest,

@@ -92,8 +92,9 @@ async function handle(handler, config, r) {
 
 async function serve(handler, config) {
   while (true) {
-    const r = await op_fn_next_request();
-    if (r === null) return;
+    const next = await op_fn_next_request();
+    if (next === null) return;
+    const r = http.toEvent(next);
     http.withRequest(r.id, () => handle(handler, config, r));
   }
 }

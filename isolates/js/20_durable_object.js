@@ -1040,8 +1040,9 @@ function sweep() {
 async function serve() {
   const sweeper = setInterval(sweep, Math.max(10, Math.min(config.idleMs, 5000)));
   while (true) {
-    const ev = await op_fn_next_request();
-    if (ev === null) break;
+    const next = await op_fn_next_request();
+    if (next === null) break;
+    const ev = http.toEvent(next);
     let inst = instances.get(ev.instance);
     if (inst === undefined) {
       inst = new Instance(ev.instance);
