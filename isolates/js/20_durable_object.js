@@ -285,6 +285,58 @@ function alarmTime(scheduled) {
 // ---------------------------------------------------------------------------
 // The storage API (Cloudflare's `state.storage`)
 
+/** `get(key | keys[])` over a byte reader (the storage's or a transaction's). */
+async function getFrom(bytesOf, keys) {
+  if (ArrayIsArray(keys)) {
+    checkBatch(keys.length);
+    keys.forEach(checkKey);
+    const out = new Map();
+    for (const k of ArrayPrototypeSort([...keys], compareKeys)) {
+      const b = bytesOf(k);
+      if (b !== null) out.set(k, decode(b));
+    }
+    return out;
+  }
+  checkKey(keys);
+  const b = bytesOf(keys);
+  return b === null ? undefined : decode(b);
+}
+
+/** `put(key, value | entries)`: checks everything before writing anything. */
+async function putWith(write, keyOrEntries, value) {
+  if (typeof keyOrEntries === "object" && keyOrEntries !== null) {
+    const keys = ObjectKeys(keyOrEntries);
+    checkBatch(keys.length);
+    const encoded = [];
+    for (const k of keys) {
+      checkKey(k);
+      ArrayPrototypePush(encoded, [k, encode(keyOrEntries[k])]);
+    }
+    for (const { 0: k, 1: v } of encoded) write(k, v);
+    return;
+  }
+  checkKey(keyOrEntries);
+  write(keyOrEntries, encode(value));
+}
+
+/** `delete(key | keys[])`: whether it existed, or how many did. */
+async function deleteWith(bytesOf, remove, keys) {
+  if (ArrayIsArray(keys)) {
+    checkBatch(keys.length);
+    keys.forEach(checkKey);
+    let n = 0;
+    for (const k of keys) {
+      if (bytesOf(k) !== null) n++;
+      remove(k);
+    }
+    return n;
+  }
+  checkKey(keys);
+  const existed = bytesOf(keys) !== null;
+  remove(keys);
+  return existed;
+}
+
 class DurableObjectTransaction {
   #inst;
   #writes = new SafeMap();
@@ -302,53 +354,20 @@ class DurableObjectTransaction {
     return readBytes(this.#inst, key);
   }
 
-  async get(keys) {
-    if (ArrayIsArray(keys)) {
-      checkBatch(keys.length);
-      keys.forEach(checkKey);
-      const out = new Map();
-      for (const k of ArrayPrototypeSort([...keys], compareKeys)) {
-        const b = this.#bytes(k);
-        if (b !== null) out.set(k, decode(b));
-      }
-      return out;
-    }
-    checkKey(keys);
-    const b = this.#bytes(keys);
-    return b === null ? undefined : decode(b);
+  get(keys) {
+    return getFrom((k) => this.#bytes(k), keys);
   }
 
-  async put(keyOrEntries, value) {
-    if (typeof keyOrEntries === "object" && keyOrEntries !== null) {
-      const keys = ObjectKeys(keyOrEntries);
-      checkBatch(keys.length);
-      const encoded = [];
-      for (const k of keys) {
-        checkKey(k);
-        ArrayPrototypePush(encoded, [k, encode(keyOrEntries[k])]);
-      }
-      for (const { 0: k, 1: v } of encoded) this.#writes.set(k, v);
-      return;
-    }
-    checkKey(keyOrEntries);
-    this.#writes.set(keyOrEntries, encode(value));
+  put(keyOrEntries, value) {
+    return putWith((k, v) => this.#writes.set(k, v), keyOrEntries, value);
   }
 
-  async delete(keys) {
-    if (ArrayIsArray(keys)) {
-      checkBatch(keys.length);
-      keys.forEach(checkKey);
-      let n = 0;
-      for (const k of keys) {
-        if (this.#bytes(k) !== null) n++;
-        this.#writes.set(k, DELETED);
-      }
-      return n;
-    }
-    checkKey(keys);
-    const existed = this.#bytes(keys) !== null;
-    this.#writes.set(keys, DELETED);
-    return existed;
+  delete(keys) {
+    return deleteWith(
+      (k) => this.#bytes(k),
+      (k) => this.#writes.set(k, DELETED),
+      keys,
+    );
   }
 
   async list(options) {
@@ -386,56 +405,23 @@ class DurableObjectStorage {
     this.#inst = inst;
   }
 
-  async get(keys) {
+  get(keys) {
     const inst = this.#inst;
-    if (ArrayIsArray(keys)) {
-      checkBatch(keys.length);
-      keys.forEach(checkKey);
-      const out = new Map();
-      for (const k of ArrayPrototypeSort([...keys], compareKeys)) {
-        const b = readBytes(inst, k);
-        if (b !== null) out.set(k, decode(b));
-      }
-      return out;
-    }
-    checkKey(keys);
-    const b = readBytes(inst, keys);
-    return b === null ? undefined : decode(b);
+    return getFrom((k) => readBytes(inst, k), keys);
   }
 
-  async put(keyOrEntries, value) {
+  put(keyOrEntries, value) {
     const inst = this.#inst;
-    if (typeof keyOrEntries === "object" && keyOrEntries !== null) {
-      const keys = ObjectKeys(keyOrEntries);
-      checkBatch(keys.length);
-      const encoded = [];
-      for (const k of keys) {
-        checkKey(k);
-        ArrayPrototypePush(encoded, [k, encode(keyOrEntries[k])]);
-      }
-      for (const { 0: k, 1: v } of encoded) stage(inst, k, v);
-      return;
-    }
-    checkKey(keyOrEntries);
-    stage(inst, keyOrEntries, encode(value));
+    return putWith((k, v) => stage(inst, k, v), keyOrEntries, value);
   }
 
-  async delete(keys) {
+  delete(keys) {
     const inst = this.#inst;
-    if (ArrayIsArray(keys)) {
-      checkBatch(keys.length);
-      keys.forEach(checkKey);
-      let n = 0;
-      for (const k of keys) {
-        if (readBytes(inst, k) !== null) n++;
-        stage(inst, k, DELETED);
-      }
-      return n;
-    }
-    checkKey(keys);
-    const existed = readBytes(inst, keys) !== null;
-    stage(inst, keys, DELETED);
-    return existed;
+    return deleteWith(
+      (k) => readBytes(inst, k),
+      (k) => stage(inst, k, DELETED),
+      keys,
+    );
   }
 
   async list(options) {
