@@ -32,7 +32,9 @@ deno_core::extension!(
         "00_globals.js",
         "05_http.js",
         "10_function.js",
-        "20_durable_object.js",
+        "20_do_storage.js",
+        "21_do_sockets.js",
+        "22_durable_object.js",
         "99_bootstrap.js"
     ],
 );
