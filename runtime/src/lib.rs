@@ -13,6 +13,7 @@ mod data_plane;
 mod error;
 mod host;
 mod http;
+mod invocation_log;
 mod keys;
 mod object_plane;
 mod realtime;
