@@ -13,26 +13,13 @@ const {
   op_ws_attachment,
 } = core.ops;
 const {
-  ArrayIsArray,
+  ArrayBuffer,
   ArrayPrototypePush,
-  ArrayPrototypeSort,
-  DatePrototypeGetTime,
-  MapPrototypeGet,
-  NumberIsInteger,
-  ObjectDefineProperty,
-  ObjectKeys,
   ObjectPrototypeIsPrototypeOf,
-  DatePrototype,
-  PromiseResolve,
   RangeError,
-  SafeMap,
-  SafeSet,
   String,
-  StringPrototypeCodePointAt,
-  StringPrototypeStartsWith,
   Symbol,
   TypeError,
-  ArrayBuffer,
   Uint8Array,
 } = primordials;
 

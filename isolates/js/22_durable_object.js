@@ -34,25 +34,12 @@ const {
 const {
   ArrayIsArray,
   ArrayPrototypePush,
-  ArrayPrototypeSort,
-  DatePrototypeGetTime,
-  MapPrototypeGet,
-  NumberIsInteger,
   ObjectDefineProperty,
-  ObjectKeys,
-  ObjectPrototypeIsPrototypeOf,
-  DatePrototype,
   PromiseResolve,
-  RangeError,
   SafeMap,
   SafeSet,
   String,
-  StringPrototypeCodePointAt,
-  StringPrototypeStartsWith,
-  Symbol,
   TypeError,
-  ArrayBuffer,
-  Uint8Array,
 } = primordials;
 
 const { MessageEvent, CloseEvent, ErrorEvent } = web.event;
