@@ -3,6 +3,7 @@
 
 mod support;
 
+mod alarms;
 mod auth;
 mod bodies;
 mod control;
@@ -10,6 +11,7 @@ mod cron;
 mod functions;
 mod fuzz;
 mod limits;
+mod object_deploy;
 mod objects;
 mod restart;
 mod sockets;
