@@ -4,6 +4,8 @@ import { web } from "ext:churn_fn/00_globals.js";
 
 const {
   op_fn_respond,
+  op_fn_respond_text,
+  op_fn_respond_bytes,
   op_fn_stream_write,
   op_fn_stream_end,
   op_fn_log,
@@ -22,15 +24,45 @@ const {
 } = primordials;
 
 const { InnerBody } = core.loadExtScript("ext:deno_fetch/22_body.js");
-const { newInnerRequest, fromInnerRequest } = web.request;
-const { ResponsePrototype, toInnerResponseForDenoServe, wireHeaderList } =
-  web.response;
+const { fromInnerRequest } = web.request;
+const {
+  ResponsePrototype,
+  toInnerResponseForDenoServe,
+  wireHeaderList,
+  serveFastStatusKey,
+  serveFastBodyKey,
+  serveFastConsumedKey,
+  serveFastHeaderKindKey,
+  serveFastContentTypeKey,
+  SERVE_FAST_HEADER_CONTENT_TYPE,
+} = web.response;
 const { ReadableStream } = web.streams;
 
 const EMPTY = new Uint8Array(0);
 
-/** The id of the request whose code is running, carried across awaits. */
-const currentRequest = new core.AsyncVariable();
+/**
+ * The event whose code is running, carried across awaits in V8's
+ * continuation-preserved embedder data: `{ id, instance }`, the request id
+ * (log attribution, fetch limits) and, in Durable Objects, the instance.
+ * One small object per event: deno_core's AsyncVariable costs a WeakMap
+ * entry and a dictionary-mode object per event, which showed up as GC time
+ * on the hello-world benchmark. Nothing else in the isolate reads the slot
+ * (timers and promise jobs only carry it along).
+ */
+function currentScope() {
+  const scope = core.getAsyncContext();
+  return typeof scope === "object" && scope !== null ? scope : null;
+}
+
+/** The id of the request whose code is running. */
+const currentRequest = ObjectFreeze({
+  get: () => currentScope()?.id,
+});
+
+/** The Durable Object instance whose code is running. */
+const currentInstance = ObjectFreeze({
+  get: () => currentScope()?.instance,
+});
 
 const hostConsole = new web.console.Console((msg, level) => {
   op_fn_log(currentRequest.get() ?? 0, level, msg);
@@ -77,6 +109,32 @@ async function pump(id, stream) {
   }
 }
 
+/**
+ * Sends a response that deno_fetch recorded as static when it was built (a
+ * string or bytes body, at most a content type, nothing changed since): one
+ * op call, without materialising its body or header list. The same fast
+ * path Deno.serve takes.
+ */
+function sendStatic(id, res) {
+  const status = res[serveFastStatusKey];
+  if (status === 0 || status === undefined) return false;
+  const body = res[serveFastBodyKey];
+  if (body === null || body === undefined || res[serveFastConsumedKey]) {
+    return false;
+  }
+  res[serveFastConsumedKey] = true;
+  const kind = res[serveFastHeaderKindKey];
+  const type = kind === SERVE_FAST_HEADER_CONTENT_TYPE
+    ? res[serveFastContentTypeKey]
+    : "";
+  if (typeof body === "string") {
+    op_fn_respond_text(id, status, kind, type, body);
+  } else {
+    op_fn_respond_bytes(id, status, kind, type, body);
+  }
+  return true;
+}
+
 function sendResponse(id, res) {
   if (!ObjectPrototypeIsPrototypeOf(ResponsePrototype, res)) {
     const got = res === null ? "null" : typeof res;
@@ -84,6 +142,7 @@ function sendResponse(id, res) {
       `handler must return a Response (got ${got}); return new Response(body) or Response.json(data)`,
     );
   }
+  if (sendStatic(id, res)) return null;
   const inner = toInnerResponseForDenoServe(res);
   const headers = wireHeaderList(inner);
   const body = inner.body;
@@ -162,6 +221,81 @@ function headerList(flat) {
   return list;
 }
 
+/**
+ * The inner request (deno_fetch's `InnerRequest` shape) of a request from
+ * the host. A class rather than `newInnerRequest`'s object literal: that
+ * literal defines its accessors at run time on every call, which made
+ * building a request cost more than the rest of a hello-world request.
+ * Headers and the URL list are built on first use.
+ */
+class IncomingRequest {
+  constructor(method, url, flatHeaders, body) {
+    this.method = method;
+    this.href = url;
+    this.flatHeaders = flatHeaders;
+    this.headerListInner = null;
+    this.urlListInner = null;
+    this.urlListProcessedInner = null;
+    this.body = body;
+    this.redirectMode = "follow";
+    this.redirectCount = 0;
+    this.clientRid = null;
+    this.blobUrlEntry = null;
+  }
+
+  get headerList() {
+    if (this.headerListInner === null) {
+      this.headerListInner = headerList(this.flatHeaders);
+      this.flatHeaders = null;
+    }
+    return this.headerListInner;
+  }
+
+  set headerList(value) {
+    this.headerListInner = value;
+  }
+
+  get urlList() {
+    if (this.urlListInner === null) {
+      const href = this.href;
+      this.urlListInner = [() => href];
+    }
+    return this.urlListInner;
+  }
+
+  set urlList(value) {
+    this.urlListInner = value;
+  }
+
+  get urlListProcessed() {
+    if (this.urlListProcessedInner === null) {
+      this.urlListProcessedInner = [this.href];
+    }
+    return this.urlListProcessedInner;
+  }
+
+  set urlListProcessed(value) {
+    this.urlListProcessedInner = value;
+  }
+
+  url() {
+    if (this.urlListInner === null) return this.href;
+    const processed = this.urlListProcessed;
+    if (processed[0] === undefined) processed[0] = this.urlList[0]();
+    return processed[0];
+  }
+
+  currentUrl() {
+    if (this.urlListInner === null) return this.href;
+    const last = this.urlListInner.length - 1;
+    const processed = this.urlListProcessed;
+    if (processed[last] === undefined) {
+      processed[last] = this.urlListInner[last]();
+    }
+    return processed[last];
+  }
+}
+
 /** Builds the `Request` for an event from the host. */
 function makeRequest(r) {
   let body = null;
@@ -171,14 +305,18 @@ function makeRequest(r) {
     body.source = r.body;
   }
   return fromInnerRequest(
-    newInnerRequest(r.method, r.url, () => headerList(r.headers), body, false),
+    new IncomingRequest(r.method, r.url, r.headers, body),
     "immutable",
   );
 }
 
-/** Runs `fn` with `id` as the current request (for console attribution). */
-function withRequest(id, fn) {
-  const previous = currentRequest.enter(id);
+/**
+ * Runs `fn` as the code handling request `id` (of Durable Object instance
+ * `instance`, or null), so console lines and subrequests are attributed to it.
+ */
+function withRequest(id, fn, instance = null) {
+  const previous = core.getAsyncContext();
+  core.setAsyncContext({ id, instance });
   try {
     return fn();
   } finally {
@@ -217,4 +355,5 @@ export const http = ObjectFreeze({
   log,
   setUnhandledRejectionLogger,
   currentRequest,
+  currentInstance,
 });

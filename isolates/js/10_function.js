@@ -2,7 +2,8 @@
 import { core, primordials } from "ext:core/mod.js";
 import { http } from "ext:churn_fn/05_http.js";
 
-const { op_fn_next_request, op_fn_done, op_fn_config } = core.ops;
+const { op_fn_next_request, op_fn_try_next_request, op_fn_done, op_fn_config } =
+  core.ops;
 const {
   ArrayPrototypePush,
   ObjectDefineProperty,
@@ -32,15 +33,15 @@ function pickHandler(mod) {
 class Context {
   #r;
   #config;
-  #waits;
   #user;
   #caller;
   #request;
+  /** Promises passed to `waitUntil` (null until there is one). */
+  waits = null;
 
-  constructor(r, config, waits) {
+  constructor(r, config) {
     this.#r = r;
     this.#config = config;
-    this.#waits = waits;
   }
 
   get env() {
@@ -69,31 +70,51 @@ class Context {
   }
 
   waitUntil(promise) {
-    ArrayPrototypePush(this.#waits, PromiseResolve(promise));
+    this.waits ??= [];
+    ArrayPrototypePush(this.waits, PromiseResolve(promise));
   }
 
   passThroughOnException() {}
 }
 
+/** Whether `value` must be awaited (a promise or another thenable). */
+function isThenable(value) {
+  return value !== null &&
+    (typeof value === "object" || typeof value === "function") &&
+    typeof value.then === "function";
+}
+
+/**
+ * Runs one request. A handler that answers synchronously is answered in the
+ * same turn (no await in between).
+ */
 async function handle(handler, config, r) {
-  const waits = [];
   let error = null;
+  const ctx = new Context(r, config);
   try {
     const req = http.makeRequest(r);
-    const ctx = new Context(r, config, waits);
-    const res = await handler(req, ctx);
-    await http.sendResponse(r.id, res);
+    let res = handler(req, ctx);
+    if (isThenable(res)) res = await res;
+    const streaming = http.sendResponse(r.id, res);
+    if (streaming !== null) await streaming;
   } catch (e) {
     error = http.describeError(e);
   }
-  if (waits.length > 0) await http.settle(r.id, waits, config.waitUntilMs);
+  if (ctx.waits !== null) await http.settle(r.id, ctx.waits, config.waitUntilMs);
   op_fn_done(r.id, error);
 }
 
+/**
+ * Takes requests from the host: every one already queued at once, then waits
+ * for the next.
+ */
 async function serve(handler, config) {
   while (true) {
-    const next = await op_fn_next_request();
-    if (next === null) return;
+    let next = op_fn_try_next_request();
+    if (next === null) {
+      next = await op_fn_next_request();
+      if (next === null) return;
+    }
     const r = http.toEvent(next);
     http.withRequest(r.id, () => handle(handler, config, r));
   }

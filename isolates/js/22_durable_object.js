@@ -231,12 +231,7 @@ function installInputGate() {
 
 /** Runs `fn` as code of `inst` handling event `id`. */
 function asInstance(inst, id, fn) {
-  const previous = currentInstance.enter(inst);
-  try {
-    return http.withRequest(id, fn);
-  } finally {
-    core.setAsyncContext(previous);
-  }
+  return http.withRequest(id, fn, inst);
 }
 
 // ---------------------------------------------------------------------------

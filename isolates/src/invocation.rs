@@ -45,8 +45,7 @@ pub struct Invocation {
     pub ip: String,
 }
 
-/// The status line and headers of a function's response; the body follows on
-/// the [`ResponseBody`] channel.
+/// The status line and headers of a function's response, and its body.
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: u16,
@@ -54,9 +53,14 @@ pub struct ResponseHead {
     pub body: ResponseBody,
 }
 
-/// A response body as it is produced: chunks end when the sender is dropped; an
-/// `Err` chunk means the stream failed midway.
-pub type ResponseBody = mpsc::Receiver<Result<Bytes, String>>;
+/// A response body: whole (a string or bytes the script returned), or a
+/// stream whose chunks end when the sender is dropped (an `Err` chunk means
+/// the stream failed midway).
+#[derive(Debug)]
+pub enum ResponseBody {
+    Full(Bytes),
+    Stream(mpsc::Receiver<Result<Bytes, String>>),
+}
 
 /// One `console.*` line captured while a request ran.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use churn_isolates::{
     compile_function, CallerType, CodeKind, FunctionCode, Invocation, InvokeError, IsolatePool,
-    Limits,
+    Limits, ResponseBody,
 };
 
 fn code(src: &str, revision: u64) -> Arc<FunctionCode> {
@@ -40,8 +40,13 @@ fn get(url: &str) -> Invocation {
 async fn body_of(started: &mut churn_isolates::Started) -> String {
     let mut out = Vec::new();
     let head = started.head.as_mut().expect("head");
-    while let Some(chunk) = head.body.recv().await {
-        out.extend_from_slice(&chunk.expect("chunk"));
+    match &mut head.body {
+        ResponseBody::Full(bytes) => out.extend_from_slice(bytes),
+        ResponseBody::Stream(rx) => {
+            while let Some(chunk) = rx.recv().await {
+                out.extend_from_slice(&chunk.expect("chunk"));
+            }
+        }
     }
     String::from_utf8(out).expect("utf8")
 }

@@ -20,6 +20,8 @@ use crate::host::SharedHost;
 use crate::http::{error_response, full, Body};
 use crate::records::LogEntry;
 
+type BodyChunks = tokio::sync::mpsc::Receiver<Result<Bytes, String>>;
+
 /// Headers a function may not set: the host frames the body itself.
 fn is_framing_header(name: &HeaderName) -> bool {
     matches!(
@@ -28,9 +30,13 @@ fn is_framing_header(name: &HeaderName) -> bool {
     )
 }
 
-/// A body that is already whole (one chunk, sender gone) is sent with a
-/// length; anything else streams as it is produced.
-fn into_body(mut rx: ResponseBody) -> Body {
+/// A whole body is sent with a length; a stream goes out as it is produced
+/// (with a length too if it turns out to be one chunk that is already there).
+fn into_body(body: ResponseBody) -> Body {
+    let mut rx = match body {
+        ResponseBody::Full(bytes) => return full(bytes),
+        ResponseBody::Stream(rx) => rx,
+    };
     match rx.try_recv() {
         Err(TryRecvError::Disconnected) => return full(Bytes::new()),
         Ok(Ok(first)) => {
@@ -50,7 +56,7 @@ fn into_body(mut rx: ResponseBody) -> Body {
     stream_body(None, rx)
 }
 
-fn stream_body(first: Option<Bytes>, rx: ResponseBody) -> Body {
+fn stream_body(first: Option<Bytes>, rx: BodyChunks) -> Body {
     let stream = futures_util::stream::unfold((first, rx), |(first, mut rx)| async move {
         if let Some(chunk) = first {
             return Some((Ok(Frame::data(chunk)), (None, rx)));
@@ -147,18 +153,67 @@ pub async fn run_function(
         response.headers_mut().insert("x-churn-request-id", v);
     }
 
-    let host = host.clone();
-    let app = app.clone();
-    let name = function.code.name.clone();
-    let wait = Duration::from_millis(
-        function.code.limits.timeout_ms + function.code.limits.wait_until_ms + 5_000,
-    );
-    tokio::spawn(async move {
-        let completion = match tokio::time::timeout(wait, started.completion).await {
-            Ok(Ok(c)) => c,
-            _ => Completion::default(),
-        };
-        drop(slot);
+    let finished = Finished {
+        host: host.clone(),
+        app: app.clone(),
+        name: function.code.name.clone(),
+        info,
+        status,
+        duration_ms,
+        head_error,
+    };
+    // A handler that answered synchronously is usually finished already;
+    // otherwise wait (off the response path) for its body and waitUntil work.
+    let mut completion = started.completion;
+    match completion.try_recv() {
+        Ok(done) => {
+            finished.record(done);
+            drop(slot);
+        }
+        Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+            finished.record(Completion::default());
+            drop(slot);
+        }
+        Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+            let wait = Duration::from_millis(
+                function.code.limits.timeout_ms + function.code.limits.wait_until_ms + 5_000,
+            );
+            tokio::spawn(async move {
+                let done = match tokio::time::timeout(wait, completion).await {
+                    Ok(Ok(c)) => c,
+                    _ => Completion::default(),
+                };
+                drop(slot);
+                finished.record(done);
+            });
+        }
+    }
+    response
+}
+
+/// What is known of an invocation once its response went out; recorded
+/// with its completion.
+struct Finished {
+    host: SharedHost,
+    app: Arc<App>,
+    name: String,
+    info: RunInfo,
+    status: u16,
+    duration_ms: u64,
+    head_error: Option<InvokeError>,
+}
+
+impl Finished {
+    fn record(self, completion: Completion) {
+        let Finished {
+            host,
+            app,
+            name,
+            info,
+            status,
+            duration_ms,
+            head_error,
+        } = self;
         let (error, stack) = match (&head_error, completion.error) {
             (Some(InvokeError::Script(e)), _) => (Some(e.message.clone()), e.stack.clone()),
             (Some(other), _) => (Some(other.to_string()), None),
@@ -187,8 +242,7 @@ pub async fn run_function(
             cron: None,
         };
         host.apps.record_invocation(&app, &name, entry);
-    });
-    response
+    }
 }
 
 pub fn invoke_error(e: &InvokeError, duration_ms: u64) -> ApiError {

@@ -11,7 +11,7 @@ use deno_core::{op2, OpState, ToJsBuffer};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::invocation::{
-    Completion, Event, Job, LogLine, ResponseHead, ScriptError, SocketMessage,
+    Completion, Event, Job, LogLine, ResponseBody, ResponseHead, ScriptError, SocketMessage,
 };
 
 deno_core::extension!(
@@ -19,8 +19,11 @@ deno_core::extension!(
     deps = [deno_webidl, deno_web, deno_crypto, deno_fetch, churn_do, churn_ws],
     ops = [
         op_fn_next_request,
+        op_fn_try_next_request,
         op_fn_config,
         op_fn_respond,
+        op_fn_respond_text,
+        op_fn_respond_bytes,
         op_fn_stream_write,
         op_fn_stream_end,
         op_fn_log,
@@ -221,11 +224,27 @@ async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
     let mut jobs = inbox.jobs.borrow_mut().take()?;
     let job = jobs.recv().await;
     *inbox.jobs.borrow_mut() = Some(jobs);
+    Some(accept(&inbox, job?))
+}
+
+/// The next request if one is already queued, else `null` (then the script
+/// waits with `op_fn_next_request`). Under load most requests are taken this
+/// way, without the cost of an async op each.
+#[op2]
+#[serde]
+fn op_fn_try_next_request(state: &mut OpState) -> Option<JsRequest> {
+    let inbox = inbox(state);
+    let job = inbox.jobs.borrow_mut().as_mut()?.try_recv().ok()?;
+    Some(accept(&inbox, job))
+}
+
+/// Registers a job as in flight and turns it into what the script sees.
+fn accept(inbox: &FnInbox, job: Job) -> JsRequest {
     let Job {
         instance,
         event,
         reply,
-    } = job?;
+    } = job;
     let id = inbox.allocate_id();
     inbox.pending.borrow_mut().insert(
         id,
@@ -240,20 +259,20 @@ async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
     let invocation = match event {
         Event::Request(invocation) => invocation,
         Event::Alarm { retry_count } => {
-            return Some(JsRequest {
+            return JsRequest {
                 id,
                 kind: "alarm",
                 instance,
                 retry_count,
                 ..Default::default()
-            })
+            }
         }
         Event::SocketMessage { socket, message } => {
             let (text, binary) = match message {
                 SocketMessage::Text(t) => (Some(t), None),
                 SocketMessage::Binary(b) => (None, Some(ToJsBuffer::from(b.to_vec()))),
             };
-            return Some(JsRequest {
+            return JsRequest {
                 id,
                 kind: "ws_message",
                 instance,
@@ -261,7 +280,7 @@ async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
                 text,
                 binary,
                 ..Default::default()
-            });
+            };
         }
         Event::SocketClose {
             socket,
@@ -269,7 +288,7 @@ async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
             reason,
             was_clean,
         } => {
-            return Some(JsRequest {
+            return JsRequest {
                 id,
                 kind: "ws_close",
                 instance,
@@ -278,17 +297,17 @@ async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
                 reason,
                 was_clean,
                 ..Default::default()
-            })
+            }
         }
         Event::SocketError { socket, message } => {
-            return Some(JsRequest {
+            return JsRequest {
                 id,
                 kind: "ws_error",
                 instance,
                 socket: socket as f64,
                 reason: message,
                 ..Default::default()
-            })
+            }
         }
     };
     let body = if invocation.body.is_empty() && matches!(invocation.method.as_str(), "GET" | "HEAD")
@@ -297,7 +316,7 @@ async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
     } else {
         Some(ToJsBuffer::from(invocation.body.to_vec()))
     };
-    Some(JsRequest {
+    JsRequest {
         id,
         kind: "request",
         instance,
@@ -310,7 +329,7 @@ async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
         request_id: invocation.request_id,
         ip: invocation.ip,
         ..Default::default()
-    })
+    }
 }
 
 #[op2]
@@ -327,7 +346,7 @@ fn op_fn_respond(
     #[smi] id: u32,
     #[smi] status: u32,
     #[serde] headers: Vec<(String, String)>,
-    #[buffer(copy)] body: Vec<u8>,
+    #[buffer] body: &[u8],
     stream: bool,
 ) {
     let inbox = inbox(state);
@@ -338,19 +357,82 @@ fn op_fn_respond(
     let Some(head) = p.head.take() else {
         return;
     };
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    if stream {
+    let body = if stream {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         p.body = Some(tx);
-    } else if !body.is_empty() {
-        // The channel is new and has room: this cannot fail.
-        let _ = tx.try_send(Ok(Bytes::from(body)));
-    }
-    let status = u16::try_from(status).unwrap_or(500);
+        ResponseBody::Stream(rx)
+    } else {
+        ResponseBody::Full(Bytes::copy_from_slice(body))
+    };
     let _ = head.send(Ok(ResponseHead {
-        status,
+        status: u16::try_from(status).unwrap_or(500),
         headers,
-        body: rx,
+        body,
     }));
+}
+
+/// `content-type` of a response built from a string with no other headers
+/// (the Fetch standard's default for a string body).
+const DEFAULT_TEXT_TYPE: &str = "text/plain;charset=UTF-8";
+
+/// The head of a static response: at most one header, `content-type`
+/// (`kind` 1: the default text type, 2: `content_type`, else none).
+fn static_head(status: u32, kind: u32, content_type: &str, body: Bytes) -> ResponseHead {
+    let headers = match kind {
+        1 => vec![("content-type".to_string(), DEFAULT_TEXT_TYPE.to_string())],
+        2 => vec![("content-type".to_string(), content_type.to_string())],
+        _ => Vec::new(),
+    };
+    ResponseHead {
+        status: u16::try_from(status).unwrap_or(500),
+        headers,
+        body: ResponseBody::Full(body),
+    }
+}
+
+fn send_static(state: &mut OpState, id: u32, head: impl FnOnce() -> ResponseHead) {
+    let inbox = inbox(state);
+    let mut pending = inbox.pending.borrow_mut();
+    if let Some(sender) = pending.get_mut(&id).and_then(|p| p.head.take()) {
+        let _ = sender.send(Ok(head()));
+    }
+}
+
+/// Sends a whole response whose body is a string and whose only header is
+/// its content type: what `new Response("text")` and `Response.json(v)`
+/// make. No header list or byte array is built on the JS side.
+#[op2(fast)]
+fn op_fn_respond_text(
+    state: &mut OpState,
+    #[smi] id: u32,
+    #[smi] status: u32,
+    #[smi] kind: u32,
+    #[string] content_type: &str,
+    #[string] body: &str,
+) {
+    send_static(state, id, || {
+        static_head(
+            status,
+            kind,
+            content_type,
+            Bytes::copy_from_slice(body.as_bytes()),
+        )
+    });
+}
+
+/// [`op_fn_respond_text`] for a `Uint8Array` body.
+#[op2(fast)]
+fn op_fn_respond_bytes(
+    state: &mut OpState,
+    #[smi] id: u32,
+    #[smi] status: u32,
+    #[smi] kind: u32,
+    #[string] content_type: &str,
+    #[buffer] body: &[u8],
+) {
+    send_static(state, id, || {
+        static_head(status, kind, content_type, Bytes::copy_from_slice(body))
+    });
 }
 
 /// Sends one chunk of a streamed body; resolves `false` if the client is gone.
