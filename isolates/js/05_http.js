@@ -27,6 +27,7 @@ const { InnerBody } = core.loadExtScript("ext:deno_fetch/22_body.js");
 const { fromInnerRequest } = web.request;
 const {
   ResponsePrototype,
+  responseBodyUsed,
   toInnerResponseForDenoServe,
   wireHeaderList,
   serveFastStatusKey,
@@ -140,6 +141,11 @@ function sendResponse(id, res) {
     const got = res === null ? "null" : typeof res;
     throw new TypeError(
       `handler must return a Response (got ${got}); return new Response(body) or Response.json(data)`,
+    );
+  }
+  if (responseBodyUsed(res)) {
+    throw new TypeError(
+      "the Response's body was already read; return a new Response",
     );
   }
   if (sendStatic(id, res)) return null;

@@ -89,17 +89,28 @@ pub fn to_response(head: ResponseHead) -> Response<Body> {
 }
 
 /// A request id unique to this process: a random boot prefix and a counter
-/// (no syscall per request, unlike a random UUID).
+/// (no syscall per request, unlike a random UUID), as
+/// `bbbbbbbb-cccccccccccc` in hex.
 pub fn request_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::LazyLock;
     static BOOT: LazyLock<u32> = LazyLock::new(rand::random);
     static COUNTER: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{:08x}-{:012x}",
-        *BOOT,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut id = String::with_capacity(24);
+    push_hex(&mut id, u64::from(*BOOT), 8);
+    id.push('-');
+    push_hex(&mut id, count, 12);
+    id
+}
+
+/// Appends `value` in lowercase hex, zero-padded to at least `digits`.
+fn push_hex(out: &mut String, value: u64, digits: u32) {
+    let needed = (64 - value.leading_zeros()).div_ceil(4).max(digits);
+    for i in (0..needed).rev() {
+        let nibble = ((value >> (i * 4)) & 0xf) as u32;
+        out.push(char::from_digit(nibble, 16).unwrap_or('0'));
+    }
 }
 
 /// What the caller needs to know to record an invocation.
@@ -276,5 +287,23 @@ pub fn invoke_error(e: &InvokeError, duration_ms: u64) -> ApiError {
             message.clone(),
         )
         .fix("retry; the function's isolate is restarted on the next request"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_hex;
+
+    #[test]
+    fn hex_is_zero_padded_and_never_truncated() {
+        let mut s = String::new();
+        push_hex(&mut s, 0x2a, 8);
+        assert_eq!(s, "0000002a");
+        s.clear();
+        push_hex(&mut s, u64::MAX, 12);
+        assert_eq!(s, "ffffffffffffffff");
+        s.clear();
+        push_hex(&mut s, 0, 3);
+        assert_eq!(s, "000");
     }
 }

@@ -345,3 +345,84 @@ async fn requests_in_flight_finish_on_the_old_version() {
     gate.open("v1");
     assert_eq!(running.await.expect("task").text(), "one");
 }
+
+#[tokio::test]
+async fn every_response_shape_reaches_the_client_as_built() {
+    let dir = temp_dir();
+    let s = Server::start(dir.path());
+    s.deploy_public(
+        "shop",
+        "shapes",
+        r#"export async function handler(req: Request) {
+            const kind = new URL(req.url).searchParams.get("k");
+            switch (kind) {
+                case "text": return new Response("plain");
+                case "bytes": return new Response(new Uint8Array([0, 1, 255]));
+                case "json": return Response.json({ a: 1 });
+                case "typed": return new Response("<b>hi</b>", { headers: { "content-type": "text/html" } });
+                case "status": return new Response("made", { status: 201 });
+                case "headers": {
+                    const res = new Response("with header");
+                    res.headers.set("x-extra", "1");
+                    return res;
+                }
+                case "empty": return new Response(null, { status: 204 });
+                case "read": {
+                    const res = new Response("once");
+                    await res.text();
+                    return res;
+                }
+                case "copy": {
+                    // A request built from the incoming one keeps its URL, method and headers.
+                    const copy = new Request(req, { headers: { "x-copy": "yes" } });
+                    return Response.json({ url: copy.url, method: copy.method, h: copy.headers.get("x-copy") });
+                }
+                default: return new Response("?", { status: 400 });
+            }
+        }"#,
+    )
+    .await;
+
+    let res = s.get("/v1/shop/fn/shapes?k=text").await;
+    assert_eq!((res.status, res.text()), (200, "plain".to_string()));
+    assert_eq!(res.headers["content-type"], "text/plain;charset=UTF-8");
+    assert_eq!(res.headers["content-length"], "5");
+
+    let res = s.get("/v1/shop/fn/shapes?k=bytes").await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.body.as_ref(), &[0u8, 1, 255][..]);
+    assert!(res.headers.get("content-type").is_none());
+
+    let res = s.get("/v1/shop/fn/shapes?k=json").await;
+    assert_eq!(res.json(), json!({ "a": 1 }));
+    assert_eq!(res.headers["content-type"], "application/json");
+
+    let res = s.get("/v1/shop/fn/shapes?k=typed").await;
+    assert_eq!(res.text(), "<b>hi</b>");
+    assert_eq!(res.headers["content-type"], "text/html");
+
+    let res = s.get("/v1/shop/fn/shapes?k=status").await;
+    assert_eq!((res.status, res.text()), (201, "made".to_string()));
+
+    let res = s.get("/v1/shop/fn/shapes?k=headers").await;
+    assert_eq!(res.text(), "with header");
+    assert_eq!(res.headers["x-extra"], "1");
+    assert_eq!(res.headers["content-type"], "text/plain;charset=UTF-8");
+
+    let res = s.get("/v1/shop/fn/shapes?k=empty").await;
+    assert_eq!((res.status, res.text()), (204, String::new()));
+
+    let res = s.get("/v1/shop/fn/shapes?k=read").await;
+    assert_eq!(res.status, 500);
+    assert_eq!(res.json()["error"]["code"], "FUNCTION_ERROR");
+    assert_eq!(
+        res.json()["error"]["message"],
+        "the Response's body was already read; return a new Response"
+    );
+
+    let res = s.get("/v1/shop/fn/shapes?k=copy").await;
+    assert_eq!(
+        res.json(),
+        json!({ "url": format!("{}/v1/shop/fn/shapes?k=copy", s.base), "method": "GET", "h": "yes" })
+    );
+}

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use deno_core::{op2, OpState, ToJsBuffer};
+use deno_core::{op2, v8, OpState};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::invocation::{
@@ -170,72 +170,141 @@ pub struct JsRequest {
     /// WebSocket events: the socket, and the message or close details.
     socket: f64,
     text: Option<String>,
-    binary: Option<ToJsBuffer>,
+    binary: Option<Vec<u8>>,
     code: u16,
     reason: String,
     was_clean: bool,
     method: String,
     url: String,
     headers: Vec<(String, String)>,
-    body: Option<ToJsBuffer>,
+    body: Option<Vec<u8>>,
     user_id: Option<String>,
     caller: &'static str,
     request_id: String,
     ip: String,
 }
 
-impl serde::Serialize for JsRequest {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
+fn js_string<'a>(scope: &mut v8::PinScope<'a, '_>, text: &str) -> v8::Local<'a, v8::Value> {
+    match v8::String::new(scope, text) {
+        Some(s) => s.into(),
+        None => v8::null(scope).into(),
+    }
+}
+
+/// A string the script sees on every request (an event kind, a caller
+/// type): internalized, so V8 looks it up instead of allocating it.
+fn js_constant<'a>(scope: &mut v8::PinScope<'a, '_>, text: &str) -> v8::Local<'a, v8::Value> {
+    match v8::String::new_from_utf8(scope, text.as_bytes(), v8::NewStringType::Internalized) {
+        Some(s) => s.into(),
+        None => v8::null(scope).into(),
+    }
+}
+
+fn js_opt_string<'a>(
+    scope: &mut v8::PinScope<'a, '_>,
+    text: Option<&str>,
+) -> v8::Local<'a, v8::Value> {
+    match text {
+        Some(text) => js_string(scope, text),
+        None => v8::null(scope).into(),
+    }
+}
+
+fn js_bytes<'a>(
+    scope: &mut v8::PinScope<'a, '_>,
+    bytes: Option<Vec<u8>>,
+) -> v8::Local<'a, v8::Value> {
+    let Some(bytes) = bytes else {
+        return v8::null(scope).into();
+    };
+    let len = bytes.len();
+    let store = v8::ArrayBuffer::new_backing_store_from_vec(bytes).make_shared();
+    let buffer = v8::ArrayBuffer::with_backing_store(scope, &store);
+    match v8::Uint8Array::new(scope, buffer, 0, len) {
+        Some(array) => array.into(),
+        None => v8::null(scope).into(),
+    }
+}
+
+/// The next event for the script, or `null` when there is none.
+pub struct NextEvent(Option<JsRequest>);
+
+impl<'a> deno_core::ToV8<'a> for NextEvent {
+    type Error = std::convert::Infallible;
+
+    fn to_v8<'i>(
+        self,
+        scope: &mut v8::PinScope<'a, 'i>,
+    ) -> Result<v8::Local<'a, v8::Value>, Self::Error> {
+        match self.0 {
+            Some(event) => event.to_v8(scope),
+            None => Ok(v8::null(scope).into()),
+        }
+    }
+}
+
+/// Built directly as a V8 array (no serde): this runs for every request.
+impl<'a> deno_core::ToV8<'a> for JsRequest {
+    type Error = std::convert::Infallible;
+
+    fn to_v8<'i>(
+        self,
+        scope: &mut v8::PinScope<'a, 'i>,
+    ) -> Result<v8::Local<'a, v8::Value>, Self::Error> {
         // Headers go flat: [name, value, name, value, …].
-        let headers: Vec<&str> = self
-            .headers
-            .iter()
-            .flat_map(|(k, v)| [k.as_str(), v.as_str()])
-            .collect();
-        let mut t = serializer.serialize_tuple(18)?;
-        t.serialize_element(&self.id)?;
-        t.serialize_element(self.kind)?;
-        t.serialize_element(&self.instance)?;
-        t.serialize_element(&self.retry_count)?;
-        t.serialize_element(&self.socket)?;
-        t.serialize_element(&self.text)?;
-        t.serialize_element(&self.binary)?;
-        t.serialize_element(&self.code)?;
-        t.serialize_element(&self.reason)?;
-        t.serialize_element(&self.was_clean)?;
-        t.serialize_element(&self.method)?;
-        t.serialize_element(&self.url)?;
-        t.serialize_element(&headers)?;
-        t.serialize_element(&self.body)?;
-        t.serialize_element(&self.user_id)?;
-        t.serialize_element(self.caller)?;
-        t.serialize_element(&self.request_id)?;
-        t.serialize_element(&self.ip)?;
-        t.end()
+        let mut headers = Vec::with_capacity(self.headers.len() * 2);
+        for (name, value) in &self.headers {
+            headers.push(js_string(scope, name));
+            headers.push(js_string(scope, value));
+        }
+        let elements: [v8::Local<'a, v8::Value>; 18] = [
+            v8::Integer::new_from_unsigned(scope, self.id).into(),
+            js_constant(scope, self.kind),
+            js_opt_string(scope, self.instance.as_deref()),
+            v8::Integer::new_from_unsigned(scope, self.retry_count).into(),
+            v8::Number::new(scope, self.socket).into(),
+            js_opt_string(scope, self.text.as_deref()),
+            js_bytes(scope, self.binary),
+            v8::Integer::new(scope, i32::from(self.code)).into(),
+            js_string(scope, &self.reason),
+            v8::Boolean::new(scope, self.was_clean).into(),
+            js_constant(scope, &self.method),
+            js_string(scope, &self.url),
+            v8::Array::new_with_elements(scope, &headers).into(),
+            js_bytes(scope, self.body),
+            js_opt_string(scope, self.user_id.as_deref()),
+            js_constant(scope, self.caller),
+            js_string(scope, &self.request_id),
+            js_string(scope, &self.ip),
+        ];
+        Ok(v8::Array::new_with_elements(scope, &elements).into())
     }
 }
 
 /// Waits for the next request; `null` once the isolate is retired.
 #[op2]
-#[serde]
-async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> Option<JsRequest> {
+async fn op_fn_next_request(state: Rc<RefCell<OpState>>) -> NextEvent {
     let inbox = inbox(&state.borrow());
-    let mut jobs = inbox.jobs.borrow_mut().take()?;
+    let Some(mut jobs) = inbox.jobs.borrow_mut().take() else {
+        return NextEvent(None);
+    };
     let job = jobs.recv().await;
     *inbox.jobs.borrow_mut() = Some(jobs);
-    Some(accept(&inbox, job?))
+    NextEvent(job.map(|job| accept(&inbox, job)))
 }
 
 /// The next request if one is already queued, else `null` (then the script
 /// waits with `op_fn_next_request`). Under load most requests are taken this
 /// way, without the cost of an async op each.
 #[op2]
-#[serde]
-fn op_fn_try_next_request(state: &mut OpState) -> Option<JsRequest> {
+fn op_fn_try_next_request(state: &mut OpState) -> NextEvent {
     let inbox = inbox(state);
-    let job = inbox.jobs.borrow_mut().as_mut()?.try_recv().ok()?;
-    Some(accept(&inbox, job))
+    let job = inbox
+        .jobs
+        .borrow_mut()
+        .as_mut()
+        .and_then(|jobs| jobs.try_recv().ok());
+    NextEvent(job.map(|job| accept(&inbox, job)))
 }
 
 /// Registers a job as in flight and turns it into what the script sees.
@@ -270,7 +339,7 @@ fn accept(inbox: &FnInbox, job: Job) -> JsRequest {
         Event::SocketMessage { socket, message } => {
             let (text, binary) = match message {
                 SocketMessage::Text(t) => (Some(t), None),
-                SocketMessage::Binary(b) => (None, Some(ToJsBuffer::from(b.to_vec()))),
+                SocketMessage::Binary(b) => (None, Some(b.to_vec())),
             };
             return JsRequest {
                 id,
@@ -314,7 +383,7 @@ fn accept(inbox: &FnInbox, job: Job) -> JsRequest {
     {
         None
     } else {
-        Some(ToJsBuffer::from(invocation.body.to_vec()))
+        Some(invocation.body.to_vec())
     };
     JsRequest {
         id,
