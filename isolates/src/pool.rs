@@ -29,6 +29,17 @@ use crate::worker::run_isolate;
 /// `(app, name, is a Durable Object class)`.
 type Key = (String, String, bool);
 
+/// A [`Key`] borrowed from a [`FunctionCode`]: the per-request lookup
+/// allocates nothing. Hashes exactly as the owned tuple does.
+#[derive(Hash)]
+struct KeyRef<'a>(&'a str, &'a str, bool);
+
+impl hashbrown::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.0 == key.0 && self.1 == key.1 && self.2 == key.2
+    }
+}
+
 fn key_of(code: &FunctionCode) -> Key {
     (
         code.app.clone(),
@@ -63,7 +74,7 @@ const DRAIN_WAIT: Duration = Duration::from_secs(30);
 /// One worker's isolates; lives in a thread-local on the worker.
 struct Local {
     index: usize,
-    entries: RefCell<HashMap<Key, Entry>>,
+    entries: RefCell<hashbrown::HashMap<Key, Entry>>,
     /// Retired Durable Object isolates still finishing their events: a new
     /// isolate for the class waits for them, so that an instance is never
     /// live in two isolates at once.
@@ -81,11 +92,15 @@ fn local() -> Option<Rc<Local>> {
 impl Local {
     /// Hands `job` to this worker's isolate for `code`, starting it if needed.
     fn dispatch(&self, code: &Arc<FunctionCode>, job: Job) {
-        let key = key_of(code);
         let code_revision = code.revision;
         let mut entries = self.entries.borrow_mut();
         let mut job = job;
-        if let Some(entry) = entries.get_mut(&key) {
+        let lookup = KeyRef(
+            &code.app,
+            &code.name,
+            matches!(code.kind, CodeKind::DurableObject(_)),
+        );
+        if let Some(entry) = entries.get_mut(&lookup) {
             if entry.revision > code.revision {
                 // An event of a retired revision (say, a socket of it
                 // closing): its isolate is gone; the job is dropped.
@@ -102,6 +117,7 @@ impl Local {
         }
         // A new revision replaces the old isolate, which finishes the events
         // it already has and then exits.
+        let key = key_of(code);
         let (tx, rx) = mpsc::unbounded_channel();
         let (done_tx, finished) = watch::channel(false);
         let is_object = key.2;
@@ -183,7 +199,7 @@ fn run_worker(index: usize, mut commands: mpsc::UnboundedReceiver<Command>) {
     };
     let local = Rc::new(Local {
         index,
-        entries: RefCell::new(HashMap::new()),
+        entries: RefCell::new(hashbrown::HashMap::new()),
         draining: RefCell::new(HashMap::new()),
     });
     LOCAL.with(|l| *l.borrow_mut() = Some(local.clone()));

@@ -40,10 +40,13 @@ fn tail(path: &str, skip: usize) -> &str {
 }
 
 async fn route(host: SharedHost, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
-    let path = req.uri().path().to_string();
+    // A clone of the URI shares its bytes: the path stays borrowable while
+    // the request moves on.
+    let uri = req.uri().clone();
+    let path = uri.path();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     if let (Some(app), ["_do", name, id, ..]) = (app_from_host(&host, &req), segments.as_slice()) {
-        let rest = tail(&path, 3);
+        let rest = tail(path, 3);
         return Box::pin(crate::object_plane::serve_object(
             &host, req, remote, &app, name, id, rest,
         ))
@@ -51,7 +54,7 @@ async fn route(host: SharedHost, req: Request<Incoming>, remote: SocketAddr) -> 
     }
     match segments.as_slice() {
         ["v1", app, "_do", name, id, ..] => {
-            let rest = tail(&path, 5);
+            let rest = tail(path, 5);
             Box::pin(crate::object_plane::serve_object(
                 &host, req, remote, app, name, id, rest,
             ))
@@ -75,7 +78,7 @@ async fn route(host: SharedHost, req: Request<Incoming>, remote: SocketAddr) -> 
             // holds for every request stays the size of the data plane's.
             Box::pin(crate::api::handle(&host, req, app, rest)).await
         }
-        _ => error_response(&crate::api::route_not_found(&path)),
+        _ => error_response(&crate::api::route_not_found(path)),
     }
 }
 
@@ -86,7 +89,7 @@ async fn handle(
     remote: SocketAddr,
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let uri = req.uri().clone();
     match AssertUnwindSafe(route(host, req, remote))
         .catch_unwind()
         .await
@@ -99,6 +102,7 @@ async fn handle(
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             let id = uuid::Uuid::new_v4();
+            let path = uri.path();
             tracing::error!(request_id = %id, %method, %path, "panic while handling a request: {what}");
             Ok(error_response(&ApiError::internal(format!(
                 "internal error (request id {id})"
