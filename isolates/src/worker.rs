@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::buffers::{allocator, Budget};
 use crate::entered::EnteredRuntime;
 use crate::ext::do_ops::DoContext;
-use crate::ext::fn_ops::{FnConfig, FnInbox};
+use crate::ext::fn_inbox::{FnConfig, FnInbox};
 use crate::invocation::{CodeKind, FunctionCode, Job};
 use crate::snapshot::{RESIDUAL_LAZY_ESM, RESIDUAL_LAZY_JS, SNAPSHOT};
 use crate::watchdog::{Killed, Slot};
