@@ -48,21 +48,15 @@ const EMPTY = new Uint8Array(0);
  * One small object per event: deno_core's AsyncVariable costs a WeakMap
  * entry and a dictionary-mode object per event, which showed up as GC time
  * on the hello-world benchmark. Nothing else in the isolate reads the slot
- * (timers and promise jobs only carry it along).
+ * (timers and promise jobs only carry it along). This is the request id.
  */
-function currentScope() {
-  const scope = core.getAsyncContext();
-  return typeof scope === "object" && scope !== null ? scope : null;
-}
-
-/** The id of the request whose code is running. */
 const currentRequest = ObjectFreeze({
-  get: () => currentScope()?.id,
+  get: () => core.getAsyncContext()?.id,
 });
 
 /** The Durable Object instance whose code is running. */
 const currentInstance = ObjectFreeze({
-  get: () => currentScope()?.instance,
+  get: () => core.getAsyncContext()?.instance,
 });
 
 const hostConsole = new web.console.Console((msg, level) => {
@@ -118,11 +112,8 @@ async function pump(id, stream) {
  */
 function sendStatic(id, res) {
   const status = res[serveFastStatusKey];
-  if (status === 0 || status === undefined) return false;
   const body = res[serveFastBodyKey];
-  if (body === null || body === undefined || res[serveFastConsumedKey]) {
-    return false;
-  }
+  if (!status || body == null || res[serveFastConsumedKey]) return false;
   res[serveFastConsumedKey] = true;
   const kind = res[serveFastHeaderKindKey];
   const type = kind === SERVE_FAST_HEADER_CONTENT_TYPE

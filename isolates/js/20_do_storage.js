@@ -1,6 +1,5 @@
 // Durable Object storage: keys and values, each instance's write buffer (atomic batches, the output gate) and the `state.storage` API.
 import { core, primordials } from "ext:core/mod.js";
-import { http } from "ext:churn_fn/05_http.js";
 
 const {
   op_do_get,
@@ -32,9 +31,6 @@ const MAX_KEY_BYTES = 2048;
 const MAX_VALUE_BYTES = 131072;
 const MAX_BATCH = 128;
 const DELETED = Symbol("deleted");
-
-/** The instance whose code is running, carried across awaits. */
-export const currentInstance = http.currentInstance;
 
 // ---------------------------------------------------------------------------
 // Keys and values

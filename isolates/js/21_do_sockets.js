@@ -1,7 +1,8 @@
 // Durable Object WebSockets: WebSocketPair, the server-side WebSocket (hibernatable or standard), auto-responses.
 import { core, primordials } from "ext:core/mod.js";
 import { web } from "ext:churn_fn/00_globals.js";
-import { currentInstance, decode, flush, outputGate } from "ext:churn_fn/20_do_storage.js";
+import { http } from "ext:churn_fn/05_http.js";
+import { decode, flush, outputGate } from "ext:churn_fn/20_do_storage.js";
 
 const {
   op_ws_create,
@@ -153,7 +154,7 @@ class ClientWebSocket {
 
 class WebSocketPair {
   constructor() {
-    const inst = currentInstance.get();
+    const inst = http.currentInstance.get();
     if (inst === undefined) {
       throw new TypeError("WebSocketPair can only be created while a Durable Object handles an event");
     }

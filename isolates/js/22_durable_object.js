@@ -8,7 +8,6 @@ import {
   readConfig,
 } from "ext:churn_fn/10_function.js";
 import {
-  currentInstance,
   DurableObjectStorage,
   Instance,
   outputGate,
@@ -175,7 +174,7 @@ function enqueueResume(inst, fn) {
 
 /** `promise`, but settling through the input gate of the current instance. */
 function gated(promise) {
-  const inst = currentInstance.get();
+  const inst = http.currentInstance.get();
   if (inst === undefined) return promise;
   return new Promise((resolve, reject) => {
     promise.then(
@@ -203,7 +202,7 @@ function gateMethods(proto, names) {
 
 function gateTimer(original) {
   return function (callback, delay, ...args) {
-    const inst = currentInstance.get();
+    const inst = http.currentInstance.get();
     if (inst === undefined || typeof callback !== "function") {
       return original(callback, delay, ...args);
     }
@@ -227,11 +226,6 @@ function installInputGate() {
   ]);
   globalThis.setTimeout = gateTimer(globalThis.setTimeout);
   globalThis.setInterval = gateTimer(globalThis.setInterval);
-}
-
-/** Runs `fn` as code of `inst` handling event `id`. */
-function asInstance(inst, id, fn) {
-  return http.withRequest(id, fn, inst);
 }
 
 // ---------------------------------------------------------------------------
@@ -376,7 +370,7 @@ function pump() {
     else more = true;
     inst.active++;
     inst.lastUsed = Date.now();
-    asInstance(inst, ev.id, () => runEvent(inst, ev));
+    http.withRequest(ev.id, () => runEvent(inst, ev), inst);
   }
   if (more) schedulePump();
 }

@@ -34,18 +34,24 @@ type Key = (String, String, bool);
 #[derive(Hash)]
 struct KeyRef<'a>(&'a str, &'a str, bool);
 
+impl<'a> KeyRef<'a> {
+    fn of(code: &'a FunctionCode) -> Self {
+        KeyRef(
+            &code.app,
+            &code.name,
+            matches!(code.kind, CodeKind::DurableObject(_)),
+        )
+    }
+
+    fn to_key(&self) -> Key {
+        (self.0.to_string(), self.1.to_string(), self.2)
+    }
+}
+
 impl hashbrown::Equivalent<Key> for KeyRef<'_> {
     fn equivalent(&self, key: &Key) -> bool {
         self.0 == key.0 && self.1 == key.1 && self.2 == key.2
     }
-}
-
-fn key_of(code: &FunctionCode) -> Key {
-    (
-        code.app.clone(),
-        code.name.clone(),
-        matches!(code.kind, CodeKind::DurableObject(_)),
-    )
 }
 
 /// A task to start on every worker (for example an accept loop).
@@ -95,11 +101,7 @@ impl Local {
         let code_revision = code.revision;
         let mut entries = self.entries.borrow_mut();
         let mut job = job;
-        let lookup = KeyRef(
-            &code.app,
-            &code.name,
-            matches!(code.kind, CodeKind::DurableObject(_)),
-        );
+        let lookup = KeyRef::of(code);
         if let Some(entry) = entries.get_mut(&lookup) {
             if entry.revision > code.revision {
                 // An event of a retired revision (say, a socket of it
@@ -117,7 +119,7 @@ impl Local {
         }
         // A new revision replaces the old isolate, which finishes the events
         // it already has and then exits.
-        let key = key_of(code);
+        let key = lookup.to_key();
         let (tx, rx) = mpsc::unbounded_channel();
         let (done_tx, finished) = watch::channel(false);
         let is_object = key.2;

@@ -176,16 +176,17 @@ pub async fn run_function(
     // A handler that answered synchronously is usually finished already;
     // otherwise wait (off the response path) for its body and waitUntil work.
     let mut completion = started.completion;
-    match completion.try_recv() {
-        Ok(done) => {
+    let ready = match completion.try_recv() {
+        Ok(done) => Some(done),
+        Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Some(Completion::default()),
+        Err(tokio::sync::oneshot::error::TryRecvError::Empty) => None,
+    };
+    match ready {
+        Some(done) => {
+            drop(slot);
             finished.record(done);
-            drop(slot);
         }
-        Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-            finished.record(Completion::default());
-            drop(slot);
-        }
-        Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+        None => {
             let wait = Duration::from_millis(
                 function.code.limits.timeout_ms + function.code.limits.wait_until_ms + 5_000,
             );

@@ -39,10 +39,14 @@ fn tail(path: &str, skip: usize) -> &str {
     rest
 }
 
-async fn route(host: SharedHost, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
-    // A clone of the URI shares its bytes: the path stays borrowable while
-    // the request moves on.
-    let uri = req.uri().clone();
+/// `uri` is the request's own (a clone shares its bytes), so the path stays
+/// borrowable while the request moves on.
+async fn route(
+    host: SharedHost,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    uri: &hyper::Uri,
+) -> Response<Body> {
     let path = uri.path();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     if let (Some(app), ["_do", name, id, ..]) = (app_from_host(&host, &req), segments.as_slice()) {
@@ -90,7 +94,7 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
     let uri = req.uri().clone();
-    match AssertUnwindSafe(route(host, req, remote))
+    match AssertUnwindSafe(route(host, req, remote, &uri))
         .catch_unwind()
         .await
     {
